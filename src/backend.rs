@@ -1,0 +1,210 @@
+//! Backends: a named group of servers, how one is picked, and connecting to
+//! it with a timeout and a retry on the next server.
+
+use crate::names::{HostName, Requested};
+use crate::proxy_header;
+use serde::Deserialize;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each new connection starts at the next server.
+    #[default]
+    RoundRobin,
+    /// A client address always starts at the same server (seed 002's
+    /// `balance source`), so per-client state on a server keeps working.
+    SourceHash,
+}
+
+/// Where a server is: an address, or a DNS name resolved at each connect so
+/// that a home IP that changes is followed without a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddress {
+    Ip(SocketAddr),
+    Dns(HostName, u16),
+}
+
+impl ServerAddress {
+    pub fn parse(text: &str) -> Result<ServerAddress, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(ServerAddress::Ip(addr));
+        }
+        let (host, port) = text.rsplit_once(':').ok_or("expected host:port")?;
+        let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+        if port == 0 {
+            return Err("port 0".to_owned());
+        }
+        match HostName::parse(host.as_bytes()) {
+            Ok(Requested::Host(name)) => Ok(ServerAddress::Dns(name, port)),
+            Ok(Requested::NoName) => Err("expected host:port, IPv6 as [addr]:port".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            ServerAddress::Ip(addr) => Ok(vec![*addr]),
+            ServerAddress::Dns(host, port) => Ok(tokio::net::lookup_host((host.as_str(), *port)).await?.collect()),
+        }
+    }
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddress::Ip(addr) => write!(f, "{addr}"),
+            ServerAddress::Dns(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub address: ServerAddress,
+    pub max_connections: Option<u32>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Server {
+    pub fn new(address: ServerAddress, max_connections: Option<u32>) -> Server {
+        Server { address, max_connections, active: Arc::default() }
+    }
+
+    /// Takes a connection slot, or `None` when the server is at its maximum.
+    fn take_slot(&self) -> Option<ServerSlot> {
+        let max = self.max_connections.map_or(usize::MAX, |m| m as usize);
+        let previous = self.active.fetch_add(1, Ordering::AcqRel);
+        let slot = ServerSlot(self.active.clone());
+        (previous < max).then_some(slot)
+    }
+}
+
+/// Held for as long as a connection to a server lasts.
+#[derive(Debug)]
+pub struct ServerSlot(Arc<AtomicUsize>);
+
+impl Drop for ServerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    pub servers: Vec<Server>,
+    pub proxy_protocol: proxy_header::Version,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    next: AtomicUsize,
+}
+
+/// An open connection to one of a backend's servers.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub server: String,
+    pub address: SocketAddr,
+    _slot: ServerSlot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("every server of backend {backend} is at max_connections")]
+    Full { backend: String },
+    #[error("no server of backend {backend} answered (last: {server}: {error})")]
+    Failed { backend: String, server: String, error: io::Error },
+}
+
+impl Backend {
+    pub fn new(
+        name: String,
+        servers: Vec<Server>,
+        proxy_protocol: proxy_header::Version,
+        balance: Balance,
+        connect_timeout: Duration,
+    ) -> Backend {
+        Backend { name, servers, proxy_protocol, balance, connect_timeout, next: AtomicUsize::new(0) }
+    }
+
+    /// Connects to a server: starting where the balance policy says, then
+    /// each following one in turn, so one dead server costs a client at most
+    /// one connect timeout.
+    pub async fn connect(&self, client: IpAddr) -> Result<Upstream, ConnectError> {
+        let n = self.servers.len();
+        let start = match self.balance {
+            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
+            Balance::SourceHash => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                client.hash(&mut hasher);
+                hasher.finish() as usize
+            }
+        };
+        let mut last = None;
+        for server in (0..n).map(|i| &self.servers[(start + i) % n]) {
+            let Some(slot) = server.take_slot() else { continue };
+            match self.connect_one(server).await {
+                Ok((stream, address)) => {
+                    return Ok(Upstream { stream, server: server.address.to_string(), address, _slot: slot })
+                }
+                Err(error) => {
+                    tracing::debug!(backend = %self.name, server = %server.address, %error, "connect failed");
+                    last = Some((server.address.to_string(), error));
+                }
+            }
+        }
+        match last {
+            Some((server, error)) => Err(ConnectError::Failed { backend: self.name.clone(), server, error }),
+            None => Err(ConnectError::Full { backend: self.name.clone() }),
+        }
+    }
+
+    async fn connect_one(&self, server: &Server) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+        for addr in server.address.resolve().await? {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    // The hello and small TLS records must not wait for Nagle.
+                    stream.set_nodelay(true)?;
+                    return Ok((stream, addr));
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_addresses() {
+        assert_eq!(ServerAddress::parse("192.0.2.20:443"), Ok(ServerAddress::Ip("192.0.2.20:443".parse().unwrap())));
+        assert_eq!(ServerAddress::parse("[2001:db8::20]:443"), Ok(ServerAddress::Ip("[2001:db8::20]:443".parse().unwrap())));
+        assert!(matches!(ServerAddress::parse("Node.Test:443"), Ok(ServerAddress::Dns(h, 443)) if h.as_str() == "node.test"));
+        for bad in ["192.0.2.20", "node.test", "node.test:0", "node.test:99999", "2001:db8::20:443", "no_de.test:80", ":443"] {
+            assert!(ServerAddress::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn slots_stop_at_max_connections() {
+        let server = Server::new(ServerAddress::parse("192.0.2.20:443").unwrap(), Some(2));
+        let a = server.take_slot().unwrap();
+        let _b = server.take_slot().unwrap();
+        assert!(server.take_slot().is_none());
+        drop(a);
+        assert!(server.take_slot().is_some());
+    }
+}

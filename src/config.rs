@@ -1,0 +1,462 @@
+//! The config file: JSON read once into raw structs (unknown keys refused),
+//! then checked into [`Config`], whose types cannot hold an invalid value.
+//! The running gateway only ever sees a [`Config`].
+//!
+//! Every error names where it is: the key path for JSON errors (through
+//! serde_path_to_error) and for checks, the file and line for names files.
+
+use crate::backend::{Backend, Balance, Server, ServerAddress};
+use crate::names::{Matcher, Pattern};
+use crate::proxy_header;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    log: LogSettings,
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    default_backend: Option<String>,
+    backends: BTreeMap<String, RawBackend>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    http: HttpSettings,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    metrics: Option<MetricsSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: SocketAddr,
+    protocol: Protocol,
+    #[serde(default)]
+    proxy_protocol_from: Vec<IpNet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default)]
+    names_file: Option<PathBuf>,
+    backend: String,
+    #[serde(default)]
+    acme_backend: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    servers: Vec<RawServer>,
+    #[serde(default)]
+    proxy_protocol: proxy_header::Version,
+    #[serde(default)]
+    balance: Balance,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Address(String),
+    Detailed(RawServerDetails),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerDetails {
+    address: String,
+    #[serde(default)]
+    max_connections: Option<u32>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+// ---------------------------------------------------------------------------
+// Settings that are already valid once deserialised are used as they are.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TLS passthrough routed by SNI.
+    Tls,
+    /// Plain HTTP: redirects to https and ACME challenges.
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    #[serde(default = "default_log_level")]
+    pub level: LogLevel,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: default_log_level(), format: LogFormat::default() }
+    }
+}
+
+fn default_log_level() -> LogLevel {
+    LogLevel::Info
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when stderr is connected to the journal, else text.
+    #[default]
+    Auto,
+    Text,
+    Journald,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// From accept until the whole ClientHello (or HTTP request head) is in.
+    #[serde(with = "humantime_serde")]
+    pub client_hello: Duration,
+    /// A relayed connection with no byte in either direction for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Time to read an HTTP request head on a plain HTTP listener.
+    #[serde(with = "humantime_serde")]
+    pub http_request: Duration,
+    /// On SIGTERM, how long established connections may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_hello: Duration::from_secs(5),
+            idle: Duration::from_secs(15 * 60),
+            http_request: Duration::from_secs(10),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub redirect_status: u16,
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        // 308: permanent, and unlike 301 it keeps the method and body, so a
+        // form POSTed to http:// is not silently turned into a GET.
+        HttpSettings { redirect_status: 308, max_request_bytes: 8192 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections open at once, all listeners together.
+    pub max_connections: usize,
+    /// Connections that have not yet sent a complete ClientHello or request head.
+    pub max_pending_handshakes: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 20_000, max_pending_handshakes: 2_000, max_connections_per_client: 512 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub address: SocketAddr,
+}
+
+// ---------------------------------------------------------------------------
+// The checked config.
+
+#[derive(Debug)]
+pub struct Config {
+    pub log: LogSettings,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Arc<Route>>,
+    /// Name → index into `routes`.
+    pub matcher: Matcher<usize>,
+    /// For valid names that match no route. `None`: refuse them.
+    pub default_route: Option<Arc<Route>>,
+    pub backends: Vec<Arc<Backend>>,
+    pub timeouts: Timeouts,
+    pub http: HttpSettings,
+    pub limits: Limits,
+    pub metrics: Option<MetricsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    /// Peers whose connections start with a PROXY header. Empty: nobody.
+    pub proxy_protocol_from: Vec<IpNet>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub backend: Arc<Backend>,
+    pub acme_backend: Option<Arc<Backend>>,
+}
+
+/// A config error; its message always says where.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub place: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(place: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { place: place.into(), message: message.into() }
+}
+
+impl Config {
+    /// The route for an allowed name: the most specific match, else the
+    /// default route if one is configured.
+    pub fn route_for(&self, name: &crate::names::HostName) -> Option<&Arc<Route>> {
+        match self.matcher.lookup(name) {
+            Some(&i) => Some(&self.routes[i]),
+            None => self.default_route.as_ref(),
+        }
+    }
+
+    /// Reads and checks a config file. Relative `names_file` paths are taken
+    /// relative to the config file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| error(path.display().to_string(), e.to_string()))?;
+        Config::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| error(format!("{}: {}", path.display(), e.place), e.message))
+    }
+
+    /// Parses and checks config text; `base` resolves relative names files.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let inner = e.inner();
+            let place = match e.path().to_string().as_str() {
+                "." => format!("line {}", inner.line()),
+                path => format!("{path} (line {})", inner.line()),
+            };
+            // serde_json's own message ends in " at line L column C", already said.
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            error(place, message)
+        })?;
+        raw.check(base)
+    }
+}
+
+impl RawConfig {
+    fn check(self, base: &Path) -> Result<Config, ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(error("listeners", "at least one listener is needed"));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(j) = self.listeners[..i].iter().position(|l| l.address == listener.address) {
+                return Err(error(format!("listeners[{i}].address"), format!("{} is already listeners[{j}]", listener.address)));
+            }
+        }
+        if ![301, 302, 303, 307, 308].contains(&self.http.redirect_status) {
+            return Err(error("http.redirect_status", "must be one of 301, 302, 303, 307, 308"));
+        }
+        if self.http.max_request_bytes < 256 {
+            return Err(error("http.max_request_bytes", "must be at least 256"));
+        }
+        for (key, value) in [
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_pending_handshakes", self.limits.max_pending_handshakes),
+            ("limits.max_connections_per_client", self.limits.max_connections_per_client),
+        ] {
+            if value == 0 {
+                return Err(error(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("timeouts.client_hello", self.timeouts.client_hello),
+            ("timeouts.idle", self.timeouts.idle),
+            ("timeouts.http_request", self.timeouts.http_request),
+        ] {
+            if value.is_zero() {
+                return Err(error(key, "must be longer than zero"));
+            }
+        }
+
+        let mut backends = BTreeMap::new();
+        for (name, raw) in self.backends {
+            let backend = raw.check(&name)?;
+            backends.insert(name, Arc::new(backend));
+        }
+        let find = |place: String, name: &str| {
+            backends.get(name).cloned().ok_or_else(|| {
+                let known: Vec<_> = backends.keys().map(String::as_str).collect();
+                error(place, format!("no backend named {name:?} (backends: {})", known.join(", ")))
+            })
+        };
+
+        let mut routes = Vec::new();
+        let mut matcher = Matcher::default();
+        // Where each pattern was first listed, to name both places on a duplicate.
+        let mut places: HashMap<Pattern, String> = HashMap::new();
+        for (i, raw) in self.routes.iter().enumerate() {
+            let backend = find(format!("routes[{i}].backend"), &raw.backend)?;
+            let acme_backend = match &raw.acme_backend {
+                Some(name) => Some(find(format!("routes[{i}].acme_backend"), name)?),
+                None => None,
+            };
+            let mut patterns = Vec::new();
+            for (j, text) in raw.names.iter().enumerate() {
+                let place = format!("routes[{i}].names[{j}]");
+                let pattern = Pattern::parse(text).map_err(|e| error(&place, format!("{text:?}: {e}")))?;
+                patterns.push((place, pattern));
+            }
+            if let Some(file) = &raw.names_file {
+                let file = base.join(file);
+                patterns.extend(read_names_file(&file)?);
+            }
+            if patterns.is_empty() {
+                return Err(error(format!("routes[{i}]"), "a route needs at least one name in names or names_file"));
+            }
+            for (place, pattern) in patterns {
+                if let Some(first) = places.get(&pattern) {
+                    return Err(error(place, format!("{pattern} is already listed at {first}")));
+                }
+                matcher.insert(pattern.clone(), routes.len());
+                places.insert(pattern, place);
+            }
+            let name = raw.name.clone().unwrap_or_else(|| raw.backend.clone());
+            routes.push(Arc::new(Route { name, backend, acme_backend }));
+        }
+        let default_route = match &self.default_backend {
+            Some(name) => Some(Arc::new(Route {
+                name: "default".to_owned(),
+                backend: find("default_backend".to_owned(), name)?,
+                acme_backend: None,
+            })),
+            None => None,
+        };
+        if routes.is_empty() && default_route.is_none() {
+            return Err(error("routes", "no route and no default_backend: every connection would be refused"));
+        }
+
+        let listeners = self
+            .listeners
+            .into_iter()
+            .map(|l| Listener { address: l.address, protocol: l.protocol, proxy_protocol_from: l.proxy_protocol_from })
+            .collect();
+        Ok(Config {
+            log: self.log,
+            listeners,
+            routes,
+            matcher,
+            default_route,
+            backends: backends.into_values().collect(),
+            timeouts: self.timeouts,
+            http: self.http,
+            limits: self.limits,
+            metrics: self.metrics,
+        })
+    }
+}
+
+impl RawBackend {
+    fn check(self, name: &str) -> Result<Backend, ConfigError> {
+        let place = format!("backends.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(error(&place, "a backend name uses letters, digits, '-', '_' and '.' only"));
+        }
+        if self.servers.is_empty() {
+            return Err(error(format!("{place}.servers"), "at least one server is needed"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(error(format!("{place}.connect_timeout"), "must be longer than zero"));
+        }
+        let mut servers = Vec::new();
+        for (i, raw) in self.servers.into_iter().enumerate() {
+            let (text, max_connections) = match raw {
+                RawServer::Address(text) => (text, None),
+                RawServer::Detailed(d) => (d.address, d.max_connections),
+            };
+            let server_place = format!("{place}.servers[{i}]");
+            let address = ServerAddress::parse(&text).map_err(|e| error(&server_place, format!("{text:?}: {e}")))?;
+            if max_connections == Some(0) {
+                return Err(error(format!("{server_place}.max_connections"), "must be at least 1"));
+            }
+            servers.push(Server::new(address, max_connections));
+        }
+        Ok(Backend::new(name.to_owned(), servers, self.proxy_protocol, self.balance, self.connect_timeout))
+    }
+}
+
+/// One name or pattern per line; `#` starts a comment; blank lines are skipped.
+fn read_names_file(path: &Path) -> Result<Vec<(String, Pattern)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| error(path.display().to_string(), e.to_string()))?;
+    let mut patterns = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let place = format!("{} line {}", path.display(), n + 1);
+        let pattern = Pattern::parse(entry).map_err(|e| error(&place, format!("{entry:?}: {e}")))?;
+        patterns.push((place, pattern));
+    }
+    Ok(patterns)
+}
+
+#[cfg(test)]
+mod tests;

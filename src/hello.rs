@@ -1,0 +1,343 @@
+//! Reading the server name out of a TLS ClientHello without consuming it.
+//!
+//! [`parse`] looks at everything received so far and answers "need more",
+//! "here is the hello" or "refuse". It is pure so that it can be fuzzed and
+//! tested on captured bytes split at every offset; the caller keeps the
+//! bytes and forwards them unchanged.
+//!
+//! The record layer is reassembled here: a ClientHello may span several TLS
+//! records (allowed by RFC 8446 §5.1, and what post-quantum key shares
+//! provoke) as well as several TCP reads. The message itself is parsed with
+//! tls-parser; on top of it every length that tls-parser lets slide (trailing
+//! bytes after the extensions, inside the SNI list) is checked, because any
+//! ambiguity is a way for two parsers to see two different names.
+
+use crate::names::{HostName, NameError, Requested};
+use tls_parser::{parse_tls_client_hello_extensions, parse_tls_handshake_client_hello};
+
+const RECORD_HEADER_LEN: usize = 5;
+const HANDSHAKE_HEADER_LEN: usize = 4;
+const CONTENT_TYPE_HANDSHAKE: u8 = 22;
+const HANDSHAKE_TYPE_CLIENT_HELLO: u8 = 1;
+/// RFC 8446 §5.1: a record carries at most 2^14 bytes of plaintext.
+const MAX_RECORD_LEN: usize = 1 << 14;
+/// The largest ClientHello the TLS 1.3 grammar allows: version, random,
+/// session id, cipher suites, compression methods and extensions, each at its
+/// maximum length.
+pub const MAX_HELLO_LEN: usize = 2 + 32 + (1 + 32) + (2 + 65534) + (1 + 255) + (2 + 65535);
+const EXT_SERVER_NAME: u16 = 0;
+const SNI_TYPE_HOST_NAME: u8 = 0;
+
+/// A complete ClientHello found at the start of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    /// What the client asked for.
+    pub server_name: Requested,
+    /// How many bytes of the input the records holding the hello take up.
+    /// The caller forwards everything it read, this is for the logs.
+    pub len: usize,
+}
+
+/// Why a stream was not accepted as a TLS ClientHello. Every variant is a
+/// refusal: the gateway never guesses a name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("not TLS: the first byte is not a handshake record")]
+    NotTls,
+    #[error("bad TLS record header: {0}")]
+    BadRecord(&'static str),
+    #[error("the first handshake message is not a ClientHello")]
+    NotClientHello,
+    #[error("ClientHello of {0} bytes is larger than TLS allows")]
+    TooLarge(usize),
+    #[error("malformed ClientHello: {0}")]
+    Malformed(&'static str),
+    #[error("invalid server name: {0}")]
+    InvalidName(#[from] NameError),
+}
+
+/// Looks for a complete ClientHello at the start of `buf`.
+/// `Ok(None)` means every byte so far is consistent with one, send more.
+pub fn parse(buf: &[u8]) -> Result<Option<ClientHello>, HelloError> {
+    let Some((message, len)) = reassemble(buf)? else {
+        return Ok(None);
+    };
+    let server_name = server_name(message)?;
+    Ok(Some(ClientHello { server_name, len }))
+}
+
+/// Collects the handshake message from consecutive records. Returns the
+/// message body (after its 4-byte header) and how many input bytes the
+/// records took, or `None` while it is still incomplete.
+fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
+    let mut payload: Vec<u8> = Vec::new();
+    let mut pos = 0;
+    let mut wanted: Option<usize> = None;
+    loop {
+        // Check the header bytes we have, even before a whole header arrived,
+        // so that non-TLS bytes are refused on the first read.
+        let header = &buf[pos..buf.len().min(pos + RECORD_HEADER_LEN)];
+        check_record_header(header)?;
+        if header.len() < RECORD_HEADER_LEN {
+            return Ok(None);
+        }
+        let record_len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let start = pos + RECORD_HEADER_LEN;
+        let available = &buf[start..buf.len().min(start + record_len)];
+        payload.extend_from_slice(available);
+        if wanted.is_none() && payload.len() >= HANDSHAKE_HEADER_LEN {
+            if payload[0] != HANDSHAKE_TYPE_CLIENT_HELLO {
+                return Err(HelloError::NotClientHello);
+            }
+            let len = usize::from(payload[1]) << 16 | usize::from(payload[2]) << 8 | usize::from(payload[3]);
+            if len > MAX_HELLO_LEN {
+                return Err(HelloError::TooLarge(len));
+            }
+            wanted = Some(HANDSHAKE_HEADER_LEN + len);
+        } else if wanted.is_none() && !payload.is_empty() && payload[0] != HANDSHAKE_TYPE_CLIENT_HELLO {
+            return Err(HelloError::NotClientHello);
+        }
+        if available.len() < record_len {
+            return Ok(None);
+        }
+        pos = start + record_len;
+        if let Some(total) = wanted {
+            if payload.len() >= total {
+                // Bytes after the hello in its last record are another
+                // message's; they are forwarded, not interpreted.
+                payload.truncate(total);
+                payload.drain(..HANDSHAKE_HEADER_LEN);
+                return Ok(Some((payload, pos)));
+            }
+        }
+    }
+}
+
+/// Checks whichever of the 5 header bytes are present.
+fn check_record_header(header: &[u8]) -> Result<(), HelloError> {
+    match *header {
+        [] => Ok(()),
+        [content_type, ..] if content_type != CONTENT_TYPE_HANDSHAKE => Err(HelloError::NotTls),
+        [_, major, ..] if major != 3 => Err(HelloError::BadRecord("version is not 3.x")),
+        [_, _, minor, ..] if minor > 4 => Err(HelloError::BadRecord("unknown minor version")),
+        [_, _, _, hi, lo] => match usize::from(u16::from_be_bytes([hi, lo])) {
+            0 => Err(HelloError::BadRecord("empty handshake record")),
+            n if n > MAX_RECORD_LEN => Err(HelloError::BadRecord("record longer than 2^14 bytes")),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn server_name(message: Vec<u8>) -> Result<Requested, HelloError> {
+    let (rest, hello) =
+        parse_tls_handshake_client_hello(&message).map_err(|_| HelloError::Malformed("ClientHello body"))?;
+    if !rest.is_empty() {
+        return Err(HelloError::Malformed("bytes after the extensions"));
+    }
+    let Some(extensions) = hello.ext else {
+        return Ok(Requested::NoName);
+    };
+    // tls-parser stops quietly at the first extension it cannot parse; a
+    // non-empty rest is how that shows, and it means the block is bad.
+    let (rest, _) =
+        parse_tls_client_hello_extensions(extensions).map_err(|_| HelloError::Malformed("extensions"))?;
+    if !rest.is_empty() {
+        return Err(HelloError::Malformed("extension block"));
+    }
+    let mut found = None;
+    let mut seen = Vec::new();
+    for (kind, data) in raw_extensions(extensions) {
+        // RFC 8446 §4.2: no extension type may appear twice.
+        if seen.contains(&kind) {
+            return Err(HelloError::Malformed("duplicate extension"));
+        }
+        seen.push(kind);
+        if kind == EXT_SERVER_NAME {
+            found = Some(data);
+        }
+    }
+    match found {
+        None => Ok(Requested::NoName),
+        Some(data) => Ok(HostName::parse(sni_host_name(data)?)?),
+    }
+}
+
+/// Walks an extension block that tls-parser has already accepted whole.
+fn raw_extensions(mut block: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let [t0, t1, l0, l1, rest @ ..] = block else { return None };
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        let data = rest.get(..len)?;
+        block = &rest[len..];
+        Some((u16::from_be_bytes([*t0, *t1]), data))
+    })
+}
+
+/// RFC 6066 §3: a list of (type, name) whose length must fill the extension
+/// exactly, with at most one host_name. Other name types are skipped, as the
+/// RFC asks of servers that do not know them.
+fn sni_host_name(data: &[u8]) -> Result<&[u8], HelloError> {
+    let [l0, l1, list @ ..] = data else {
+        return Err(HelloError::Malformed("server_name extension too short"));
+    };
+    let mut list: &[u8] = list;
+    if usize::from(u16::from_be_bytes([*l0, *l1])) != list.len() || list.is_empty() {
+        return Err(HelloError::Malformed("server_name list length"));
+    }
+    let mut host = None;
+    while !list.is_empty() {
+        let &[kind, n0, n1, ref rest @ ..] = list else {
+            return Err(HelloError::Malformed("server_name entry header"));
+        };
+        let len = usize::from(u16::from_be_bytes([n0, n1]));
+        let name = rest.get(..len).ok_or(HelloError::Malformed("server_name entry length"))?;
+        if kind == SNI_TYPE_HOST_NAME {
+            if host.is_some() {
+                return Err(HelloError::Malformed("two host names in server_name"));
+            }
+            host = Some(name);
+        }
+        list = &rest[len..];
+    }
+    host.ok_or(HelloError::Malformed("server_name without a host name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a minimal but valid ClientHello in one record.
+    pub(crate) fn hello_with_extensions(extensions: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]);
+        body.extend_from_slice(&[0x01, 0x00]);
+        body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+        body.extend_from_slice(extensions);
+        wrap(&body)
+    }
+
+    fn wrap(body: &[u8]) -> Vec<u8> {
+        let mut message = vec![HANDSHAKE_TYPE_CLIENT_HELLO];
+        message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        message.extend_from_slice(body);
+        let mut record = vec![CONTENT_TYPE_HANDSHAKE, 3, 1];
+        record.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        record.extend_from_slice(&message);
+        record
+    }
+
+    fn sni_extension(names: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for (kind, name) in names {
+            list.push(*kind);
+            list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            list.extend_from_slice(name);
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(&list);
+        let mut ext = vec![0, 0];
+        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&data);
+        ext
+    }
+
+    fn name_of(buf: &[u8]) -> Result<Option<Requested>, HelloError> {
+        parse(buf).map(|h| h.map(|h| h.server_name))
+    }
+
+    fn host(s: &str) -> Requested {
+        HostName::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reads_a_minimal_hello() {
+        let buf = hello_with_extensions(&sni_extension(&[(0, b"App.Example.test")]));
+        let hello = parse(&buf).unwrap().unwrap();
+        assert_eq!(hello.server_name, host("app.example.test"));
+        assert_eq!(hello.len, buf.len());
+    }
+
+    #[test]
+    fn asks_for_more_on_every_proper_prefix() {
+        let buf = hello_with_extensions(&sni_extension(&[(0, b"app.example.test")]));
+        for cut in 0..buf.len() {
+            assert_eq!(parse(&buf[..cut]), Ok(None), "prefix of {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn refuses_non_tls_on_the_first_byte() {
+        assert_eq!(parse(b"G"), Err(HelloError::NotTls));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(HelloError::NotTls));
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Err(HelloError::NotTls));
+        assert_eq!(parse(&[0x80, 0x2e, 0x01]), Err(HelloError::NotTls), "SSLv2 hello");
+        assert_eq!(parse(&[22, 2]), Err(HelloError::BadRecord("version is not 3.x")));
+        assert_eq!(parse(&[22, 3, 1, 0, 0]), Err(HelloError::BadRecord("empty handshake record")));
+        assert_eq!(parse(&[22, 3, 1, 0x40, 1]), Err(HelloError::BadRecord("record longer than 2^14 bytes")));
+        assert_eq!(parse(&[22, 3, 1, 0, 4, 2]), Err(HelloError::NotClientHello));
+        assert_eq!(parse(&[21, 3, 1, 0, 2, 2, 40]), Err(HelloError::NotTls), "an alert record");
+    }
+
+    #[test]
+    fn missing_sni_and_ip_literals_are_no_name() {
+        assert_eq!(name_of(&hello_with_extensions(&[])), Ok(Some(Requested::NoName)));
+        let ip = hello_with_extensions(&sni_extension(&[(0, b"192.0.2.1")]));
+        assert_eq!(name_of(&ip), Ok(Some(Requested::NoName)));
+    }
+
+    #[test]
+    fn refuses_bad_names_instead_of_matching_their_suffix() {
+        for bad in [&b"x\0.kube.example.com"[..], b"a/b.kube.example.com", b"a..kube.example.com", b"-.kube.example.com"] {
+            let buf = hello_with_extensions(&sni_extension(&[(0, bad)]));
+            assert!(matches!(parse(&buf), Err(HelloError::InvalidName(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_inconsistent_lengths() {
+        let good = sni_extension(&[(0, b"app.example.test")]);
+        // SNI list length one short of its extension.
+        let mut short_list = good.clone();
+        short_list[5] -= 1;
+        assert!(matches!(parse(&hello_with_extensions(&short_list)), Err(HelloError::Malformed(_))));
+        // Two host names: which would a backend believe?
+        let two = sni_extension(&[(0, b"app.example.test"), (0, b"evil.test")]);
+        assert!(matches!(parse(&hello_with_extensions(&two)), Err(HelloError::Malformed(_))));
+        // The same extension twice.
+        let twice = [good.clone(), sni_extension(&[(0, b"evil.test")])].concat();
+        assert!(matches!(parse(&hello_with_extensions(&twice)), Err(HelloError::Malformed(_))));
+        // Trailing junk after the extension block, inside the message.
+        let mut body = hello_with_extensions(&good)[9..].to_vec();
+        body.push(0);
+        assert!(matches!(parse(&wrap(&body)), Err(HelloError::Malformed(_))));
+        // A message longer than TLS allows.
+        let huge = [22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff];
+        assert!(matches!(parse(&huge), Err(HelloError::TooLarge(_))));
+    }
+
+    #[test]
+    fn reassembles_a_hello_split_across_records() {
+        let whole = hello_with_extensions(&sni_extension(&[(0, b"app.example.test")]));
+        let message = &whole[5..];
+        for split in 1..message.len() {
+            let mut buf = Vec::new();
+            for part in [&message[..split], &message[split..]] {
+                buf.extend_from_slice(&[22, 3, 1]);
+                buf.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                buf.extend_from_slice(part);
+            }
+            assert_eq!(name_of(&buf), Ok(Some(host("app.example.test"))), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn forwards_but_ignores_bytes_after_the_hello() {
+        let mut buf = hello_with_extensions(&sni_extension(&[(0, b"app.example.test")]));
+        let len = buf.len();
+        buf.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
+        assert_eq!(parse(&buf).unwrap().unwrap().len, len);
+    }
+}

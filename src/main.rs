@@ -1,0 +1,97 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sni_edge::config::{Config, LogLevel};
+use sni_edge::server::{self, Control};
+use std::path::PathBuf;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Edge gateway: routes TLS connections by server name (SNI) without
+/// decrypting them, adds a PROXY protocol header so the backend sees the
+/// real client address, redirects HTTP to HTTPS and passes ACME http-01
+/// challenges through. Names not listed get nothing.
+#[derive(Parser)]
+#[command(version, after_help = "Examples:\n  \
+    sni-edge check --config /etc/sni-edge/config.json\n  \
+    sni-edge run --config /etc/sni-edge/config.json --log-level debug\n\n\
+    Signals: SIGHUP re-reads the config (an invalid file is logged and the running config stays);\n\
+    SIGTERM or SIGINT stops accepting and lets connections finish for up to timeouts.shutdown.\n\
+    The config format is documented in the README, section \"Configuration\".")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The JSON config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides log.level from the config.
+        #[arg(long, value_enum)]
+        log_level: Option<LogLevel>,
+    },
+    /// Check a config file and exit: 0 if valid, 1 with the error and its place if not.
+    Check {
+        /// The JSON config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "ok: {}: {} listeners, {} routes with {} names, {} backends",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len(),
+                    c.matcher.len(),
+                    c.backends.len()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, log_level } => match run(config, log_level) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: PathBuf, log_level: Option<LogLevel>) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    sni_edge::logging::init(log_level.unwrap_or(config.log.level), config.log.format)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let listeners = server::bind_all(&config)?;
+        let (control, requests) = mpsc::channel(8);
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    _ = hangup.recv() => Control::Reload,
+                    _ = terminate.recv() => Control::Shutdown,
+                    _ = interrupt.recv() => Control::Shutdown,
+                };
+                if control.send(request).await.is_err() {
+                    return;
+                }
+            }
+        });
+        server::run(Some(path), config, listeners, requests).await
+    })
+}

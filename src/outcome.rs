@@ -1,0 +1,83 @@
+//! How a connection ended. The log line, the metrics and the refusal path
+//! all match on these types, so a new reason cannot be logged but not
+//! counted.
+
+use crate::backend::ConnectError;
+use crate::hello::HelloError;
+use crate::proxy_header::ProxyHeaderError;
+use crate::relay::RelayEnd;
+use std::io;
+use std::time::Duration;
+
+/// A connection that was served.
+#[derive(Debug)]
+pub enum Served {
+    /// Relayed to a backend until both sides finished (`None`) or it ended otherwise.
+    Relayed(Option<RelayEnd>),
+    /// Answered by the gateway itself (HTTP redirect or error).
+    Answered(u16),
+}
+
+/// Why a connection was refused. Nothing was sent upstream for any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no server name (missing SNI, empty, or an IP address)")]
+    NoName,
+    #[error("{0} matches no route")]
+    UnknownName(String),
+    #[error(transparent)]
+    BadHello(#[from] HelloError),
+    #[error(transparent)]
+    BadProxyHeader(#[from] ProxyHeaderError),
+    #[error("bad HTTP request: {0}")]
+    BadRequest(&'static str),
+    #[error("nothing complete arrived within {0:?}")]
+    Timeout(Duration),
+    #[error("client closed the connection first")]
+    ClosedEarly,
+    #[error("more than {0} bytes before a complete message")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Backend(#[from] ConnectError),
+    #[error("limit reached: {0}")]
+    Limit(Limit),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("gateway stopping")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Limit {
+    #[error("limits.max_connections")]
+    Connections,
+    #[error("limits.max_pending_handshakes")]
+    PendingHandshakes,
+    #[error("limits.max_connections_per_client")]
+    PerClient,
+}
+
+impl Refusal {
+    /// A short stable label, for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NoName => "no_sni",
+            Refusal::UnknownName(_) => "unknown_name",
+            Refusal::BadHello(HelloError::NotTls) => "not_tls",
+            Refusal::BadHello(HelloError::InvalidName(_)) => "invalid_name",
+            Refusal::BadHello(_) => "malformed_hello",
+            Refusal::BadProxyHeader(_) => "bad_proxy_header",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Timeout(_) => "timeout",
+            Refusal::ClosedEarly => "closed_early",
+            Refusal::TooLarge(_) => "too_large",
+            Refusal::Backend(ConnectError::Full { .. }) => "backend_full",
+            Refusal::Backend(ConnectError::Failed { .. }) => "backend_down",
+            Refusal::Limit(Limit::Connections) => "limit_connections",
+            Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
+            Refusal::Limit(Limit::PerClient) => "limit_per_client",
+            Refusal::Io(_) => "io_error",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! PROXY protocol (v1 text, v2 binary): written to backends so that they see
+//! the real client, and read from trusted load balancers in front of us.
+//! The wire formats are the ppp crate's; what is ours is the address policy.
+
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Which header a backend expects before the client's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    #[default]
+    None,
+    V1,
+    V2,
+}
+
+/// The header for a connection from `client` that arrived at `local`.
+/// Returns an empty vector for [`Version::None`].
+///
+/// IPv4-mapped IPv6 addresses (what a dual-stack `[::]` socket reports for
+/// IPv4 clients) are written as plain IPv4, so the backend logs and matches
+/// `203.0.113.10`, not `::ffff:203.0.113.10` (sniproxy gets this wrong).
+/// Both addresses must be of one family; when they are not (an IPv6 client
+/// relayed to us over IPv4 by a load balancer), the destination becomes the
+/// unspecified address of the client's family, which keeps the source, the
+/// one thing backends use.
+pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let client = unmap(client);
+    let local = match (client.ip(), unmap(local).ip()) {
+        (IpAddr::V4(_), IpAddr::V4(ip)) => SocketAddr::new(ip.into(), local.port()),
+        (IpAddr::V6(_), IpAddr::V6(ip)) => SocketAddr::new(ip.into(), local.port()),
+        (IpAddr::V4(_), IpAddr::V6(_)) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), local.port()),
+        (IpAddr::V6(_), IpAddr::V4(_)) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), local.port()),
+    };
+    match version {
+        Version::None => Vec::new(),
+        Version::V1 => ppp::v1::Addresses::from((client, local)).to_string().into_bytes(),
+        Version::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (client, local),
+        )
+        .build()
+        // The builder only fails when writing into its own Vec fails.
+        .expect("a PROXY v2 header fits in memory"),
+    }
+}
+
+/// `::ffff:a.b.c.d` becomes `a.b.c.d`; every other address is kept.
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// A header read from a trusted load balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Bytes the header took at the start of the stream; not forwarded.
+    pub len: usize,
+    /// The original client, or `None` for a LOCAL/UNKNOWN header (a load
+    /// balancer's own health check), which keeps the peer's address.
+    pub client: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyHeaderError {
+    #[error("invalid PROXY protocol header: {0}")]
+    Invalid(String),
+}
+
+/// v1 headers are at most 107 bytes, v2 at most 16 + 65535.
+pub const MAX_HEADER_LEN: usize = 16 + 65535;
+const V1_MAX_LEN: usize = 107;
+
+/// Looks for a PROXY v1 or v2 header at the start of `buf`.
+/// `Ok(None)` means more bytes are needed.
+pub fn parse(buf: &[u8]) -> Result<Option<Inbound>, ProxyHeaderError> {
+    use ppp::{HeaderResult, PartialResult};
+    // ppp judges a v1 line before it is complete ("... 40000 " is an invalid
+    // port to it), so a v1 header is handed over only once its line ends.
+    let v1_prefix = &b"PROXY "[..buf.len().min(6)];
+    if buf.starts_with(v1_prefix) && !buf[..buf.len().min(V1_MAX_LEN)].contains(&b'\n') {
+        return match buf.len() < V1_MAX_LEN {
+            true => Ok(None),
+            false => Err(ProxyHeaderError::Invalid("PROXY v1 line longer than 107 bytes".to_owned())),
+        };
+    }
+    let result = HeaderResult::parse(buf);
+    if result.is_incomplete() {
+        return Ok(None);
+    }
+    let invalid = |e: &dyn std::fmt::Display| ProxyHeaderError::Invalid(e.to_string());
+    match result {
+        HeaderResult::V1(Ok(header)) => {
+            let client = match header.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Ok(Some(Inbound { len: header.header.len(), client }))
+        }
+        HeaderResult::V2(Ok(header)) => {
+            let client = match (header.command, header.addresses) {
+                (ppp::v2::Command::Local, _) => None,
+                (_, ppp::v2::Addresses::IPv4(a)) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                (_, ppp::v2::Addresses::IPv6(a)) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                (_, _) => None,
+            };
+            Ok(Some(Inbound { len: header.len(), client }))
+        }
+        HeaderResult::V1(Err(e)) => Err(invalid(&e)),
+        HeaderResult::V2(Err(e)) => Err(invalid(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn v1_bytes_for_ipv4_ipv6_and_mapped() {
+        assert_eq!(
+            encode(Version::V1, addr("203.0.113.10:51234"), addr("198.51.100.1:443")),
+            b"PROXY TCP4 203.0.113.10 198.51.100.1 51234 443\r\n"
+        );
+        assert_eq!(
+            encode(Version::V1, addr("[2001:db8::10]:51234"), addr("[2001:db8::1]:443")),
+            b"PROXY TCP6 2001:db8::10 2001:db8::1 51234 443\r\n"
+        );
+        assert_eq!(
+            encode(Version::V1, addr("[::ffff:203.0.113.10]:51234"), addr("[::ffff:198.51.100.1]:443")),
+            b"PROXY TCP4 203.0.113.10 198.51.100.1 51234 443\r\n"
+        );
+        assert_eq!(
+            encode(Version::V1, addr("203.0.113.10:51234"), addr("[2001:db8::1]:443")),
+            b"PROXY TCP4 203.0.113.10 0.0.0.0 51234 443\r\n"
+        );
+    }
+
+    #[test]
+    fn v2_bytes_for_ipv4_ipv6_and_mapped() {
+        const SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+        let v4 = [
+            &SIG[..],
+            &[0x21, 0x11, 0x00, 0x0c],
+            &[203, 0, 113, 10, 198, 51, 100, 1],
+            &51234u16.to_be_bytes(),
+            &443u16.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(encode(Version::V2, addr("203.0.113.10:51234"), addr("198.51.100.1:443")), v4);
+        assert_eq!(
+            encode(Version::V2, addr("[::ffff:203.0.113.10]:51234"), addr("[::ffff:198.51.100.1]:443")),
+            v4
+        );
+        let v6 = [
+            &SIG[..],
+            &[0x21, 0x21, 0x00, 0x24],
+            &"2001:db8::10".parse::<Ipv6Addr>().unwrap().octets(),
+            &"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets(),
+            &51234u16.to_be_bytes(),
+            &443u16.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(encode(Version::V2, addr("[2001:db8::10]:51234"), addr("[2001:db8::1]:443")), v6);
+    }
+
+    #[test]
+    fn none_writes_nothing() {
+        assert!(encode(Version::None, addr("203.0.113.10:1"), addr("198.51.100.1:443")).is_empty());
+    }
+
+    #[test]
+    fn reads_back_what_it_writes() {
+        for version in [Version::V1, Version::V2] {
+            for client in ["203.0.113.10:40000", "[2001:db8::10]:40000"] {
+                let local = if client.starts_with('[') { "[2001:db8::1]:443" } else { "198.51.100.1:443" };
+                let mut bytes = encode(version, addr(client), addr(local));
+                let len = bytes.len();
+                for cut in 0..len {
+                    assert_eq!(parse(&bytes[..cut]), Ok(None), "{version:?} {client} cut at {cut}");
+                }
+                bytes.extend_from_slice(&[22, 3, 1]);
+                assert_eq!(parse(&bytes), Ok(Some(Inbound { len, client: Some(addr(client)) })));
+            }
+        }
+    }
+
+    #[test]
+    fn local_and_unknown_keep_the_peer() {
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Some(Inbound { len: 15, client: None })));
+        let local = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0x00, 0x00, 0x00]].concat();
+        assert_eq!(parse(&local), Ok(Some(Inbound { len: 16, client: None })));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse(b"PROXY TCP4 999.0.0.1 1.2.3.4 1 2\r\n").is_err());
+        assert!(parse(&[22, 3, 1, 0, 200]).is_err());
+        assert!(parse(b"GET / HTTP/1.1\r\n").is_err());
+    }
+}

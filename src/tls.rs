@@ -1,0 +1,59 @@
+//! A TLS connection, start to end: read the ClientHello, route by its name,
+//! forward. Nothing reaches a backend before the name is known and allowed.
+
+use crate::config::{Config, Listener};
+use crate::forward::forward;
+use crate::hello;
+use crate::inbound::{client_address, read_until};
+use crate::names::Requested;
+use crate::outcome::{Refusal, Served};
+use crate::relay::Counters;
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::field::display;
+
+/// A fatal `unrecognized_name` alert (RFC 6066 §3), so that a refused client
+/// says "unrecognized name" instead of a bare connection reset.
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+
+/// Largest amount read before a hello must be complete: the biggest
+/// ClientHello TLS allows, with a record header for every 2^14 bytes.
+const MAX_READ: usize = hello::MAX_HELLO_LEN + 4 + 5 * (hello::MAX_HELLO_LEN / (1 << 14) + 1);
+
+pub async fn serve(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    config: &Config,
+    counters: &Counters,
+    handshake_done: impl FnOnce(),
+) -> Result<Served, Refusal> {
+    let started = Instant::now();
+    let deadline = started + config.timeouts.client_hello;
+    let mut buf = Vec::new();
+    let client = client_address(stream, peer, listener, &mut buf, deadline, started).await?;
+    if client != peer {
+        tracing::Span::current().record("client", display(client));
+    }
+    let hello = read_until(stream, &mut buf, MAX_READ, deadline, started, hello::parse).await?;
+    handshake_done();
+    let name = match hello.server_name {
+        Requested::Host(name) => name,
+        Requested::NoName => return Err(refuse(stream, Refusal::NoName).await),
+    };
+    tracing::Span::current().record("sni", display(&name));
+    let Some(route) = config.route_for(&name) else {
+        return Err(refuse(stream, Refusal::UnknownName(name.to_string())).await);
+    };
+    tracing::Span::current().record("route", display(&route.name));
+    let local = stream.local_addr()?;
+    forward(stream, client, local, &route.backend, &buf, config.timeouts.idle, counters).await
+}
+
+async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {
+    // Best effort: the client may be gone already.
+    let _ = stream.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+    refusal
+}
