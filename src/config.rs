@@ -285,11 +285,18 @@ impl Config {
 
     /// Parses and checks config text; `base` resolves relative names files.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        // serde would read a JSON array as a struct's fields in order, with
+        // a baffling message; say plainly what the top level must be.
+        let body = text.trim_start();
+        if !body.is_empty() && !body.starts_with('{') {
+            let line = 1 + text[..text.len() - body.len()].matches('\n').count();
+            return Err(error(format!("line {line}"), "the config must be a JSON object, starting with '{'"));
+        }
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let inner = e.inner();
             let place = match e.path().to_string().as_str() {
-                "." => format!("line {}", inner.line()),
+                "." | "?" => format!("line {}", inner.line()),
                 path => format!("{path} (line {})", inner.line()),
             };
             // serde_json's own message ends in " at line L column C", already said.

@@ -203,46 +203,57 @@ fn sni_host_name(data: &[u8]) -> Result<&[u8], HelloError> {
     host.ok_or(HelloError::Malformed("server_name without a host name"))
 }
 
+
+/// A small valid ClientHello asking for `server_name` (none if `None`):
+/// what a TLS health check sends, and what tests send.
+pub fn build(server_name: Option<&str>) -> Vec<u8> {
+    let extensions = server_name.map(|name| sni_extension(&[(SNI_TYPE_HOST_NAME, name.as_bytes())])).unwrap_or_default();
+    hello_with_extensions(&extensions)
+}
+
+/// A ClientHello record around `extensions`, offering the common TLS 1.2
+/// and 1.3 AEAD suites.
+fn hello_with_extensions(extensions: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7; 32]);
+    body.push(0);
+    let suites: [u16; 5] = [0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    suites.iter().for_each(|s| body.extend_from_slice(&s.to_be_bytes()));
+    body.extend_from_slice(&[0x01, 0x00]);
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(extensions);
+    wrap(&body)
+}
+
+fn wrap(body: &[u8]) -> Vec<u8> {
+    let mut message = vec![HANDSHAKE_TYPE_CLIENT_HELLO];
+    message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    message.extend_from_slice(body);
+    let mut record = vec![CONTENT_TYPE_HANDSHAKE, 3, 1];
+    record.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    record.extend_from_slice(&message);
+    record
+}
+
+fn sni_extension(names: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut list = Vec::new();
+    for (kind, name) in names {
+        list.push(*kind);
+        list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        list.extend_from_slice(name);
+    }
+    let mut data = (list.len() as u16).to_be_bytes().to_vec();
+    data.extend_from_slice(&list);
+    let mut ext = EXT_SERVER_NAME.to_be_bytes().to_vec();
+    ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&data);
+    ext
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Builds a minimal but valid ClientHello in one record.
-    pub(crate) fn hello_with_extensions(extensions: &[u8]) -> Vec<u8> {
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[7; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]);
-        body.extend_from_slice(&[0x01, 0x00]);
-        body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-        body.extend_from_slice(extensions);
-        wrap(&body)
-    }
-
-    fn wrap(body: &[u8]) -> Vec<u8> {
-        let mut message = vec![HANDSHAKE_TYPE_CLIENT_HELLO];
-        message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        message.extend_from_slice(body);
-        let mut record = vec![CONTENT_TYPE_HANDSHAKE, 3, 1];
-        record.extend_from_slice(&(message.len() as u16).to_be_bytes());
-        record.extend_from_slice(&message);
-        record
-    }
-
-    fn sni_extension(names: &[(u8, &[u8])]) -> Vec<u8> {
-        let mut list = Vec::new();
-        for (kind, name) in names {
-            list.push(*kind);
-            list.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            list.extend_from_slice(name);
-        }
-        let mut data = (list.len() as u16).to_be_bytes().to_vec();
-        data.extend_from_slice(&list);
-        let mut ext = vec![0, 0];
-        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        ext.extend_from_slice(&data);
-        ext
-    }
 
     fn name_of(buf: &[u8]) -> Result<Option<Requested>, HelloError> {
         parse(buf).map(|h| h.map(|h| h.server_name))
@@ -339,5 +350,60 @@ mod tests {
         let len = buf.len();
         buf.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
         assert_eq!(parse(&buf).unwrap().unwrap().len, len);
+    }
+
+    /// Hellos recorded from real clients (tests/fixtures/README.md says which).
+    const RECORDED: [(&str, &[u8], Option<&str>); 5] = [
+        ("curl TLS 1.3", include_bytes!("../tests/fixtures/hello-curl-tls13.bin"), Some("app.example.test")),
+        ("curl TLS 1.2", include_bytes!("../tests/fixtures/hello-curl-tls12.bin"), Some("app.example.test")),
+        ("openssl s_client", include_bytes!("../tests/fixtures/hello-openssl.bin"), Some("app.example.test")),
+        ("openssl -noservername", include_bytes!("../tests/fixtures/hello-openssl-nosni.bin"), None),
+        ("chromium (X25519MLKEM768)", include_bytes!("../tests/fixtures/hello-chromium.bin"), Some("app.example.test")),
+    ];
+
+    fn expected(name: Option<&str>) -> Requested {
+        name.map_or(Requested::NoName, host)
+    }
+
+    #[test]
+    fn reads_recorded_hellos_whole_and_byte_by_byte() {
+        for (client, bytes, name) in RECORDED {
+            let hello = parse(bytes).unwrap_or_else(|e| panic!("{client}: {e}")).unwrap();
+            assert_eq!(hello.server_name, expected(name), "{client}");
+            assert_eq!(hello.len, bytes.len(), "{client}");
+            // What a reader sees when the bytes trickle in one at a time.
+            for cut in 0..bytes.len() {
+                assert_eq!(parse(&bytes[..cut]), Ok(None), "{client}: prefix of {cut} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn recorded_chromium_hello_is_post_quantum_and_larger_than_a_segment() {
+        let (_, bytes, _) = RECORDED[4];
+        assert!(bytes.len() > 1500, "{} bytes", bytes.len());
+        // X25519MLKEM768 (0x11ec) in the key_share extension.
+        assert!(bytes.windows(2).any(|w| w == [0x11, 0xec]));
+    }
+
+    #[test]
+    fn reads_recorded_hellos_split_across_two_records() {
+        for (client, bytes, name) in RECORDED {
+            let message = &bytes[5..];
+            // Every split point for the small ones; a spread for Chromium's.
+            let step = (message.len() / 300).max(1);
+            for split in (1..message.len()).step_by(step) {
+                let mut buf = Vec::new();
+                for part in [&message[..split], &message[split..]] {
+                    buf.extend_from_slice(&bytes[..3]);
+                    buf.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                    buf.extend_from_slice(part);
+                }
+                for cut in [buf.len() - 1, 5 + split, 5 + split + 3] {
+                    assert_eq!(parse(&buf[..cut]), Ok(None), "{client}: split {split}, prefix {cut}");
+                }
+                assert_eq!(name_of(&buf), Ok(Some(expected(name))), "{client}: split at {split}");
+            }
+        }
     }
 }

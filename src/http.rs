@@ -7,7 +7,7 @@
 
 use crate::config::{Config, Listener};
 use crate::forward::forward;
-use crate::inbound::{client_address, read_until};
+use crate::inbound::{addresses, read_until};
 use crate::names::{HostName, Requested};
 use crate::outcome::{Refusal, Served};
 use crate::relay::Counters;
@@ -81,10 +81,7 @@ pub async fn serve(
     let started = Instant::now();
     let deadline = started + config.timeouts.http_request;
     let mut buf = Vec::new();
-    let client = client_address(stream, peer, listener, &mut buf, deadline, started).await?;
-    if client != peer {
-        tracing::Span::current().record("client", display(client));
-    }
+    let (client, local) = addresses(stream, peer, listener, &mut buf, deadline, started).await?;
     let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await {
         Ok(request) => request,
         Err(Refusal::TooLarge(n)) => return answer(stream, 431, None, Refusal::TooLarge(n)).await,
@@ -113,7 +110,6 @@ pub async fn serve(
             if !is_acme_token_path(&request.path) {
                 return answer(stream, 400, None, Refusal::BadRequest("not an ACME token path")).await;
             }
-            let local = stream.local_addr()?;
             return forward(stream, client, local, backend, &buf, config.timeouts.idle, counters).await;
         }
     }

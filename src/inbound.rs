@@ -42,25 +42,30 @@ where
     }
 }
 
-/// The client's real address: the peer itself, or, when the peer is a
-/// trusted load balancer on this listener, the address its PROXY header
-/// gives. The header is removed from `buf`. From anyone else a PROXY header
-/// is just bytes, which no TLS or HTTP parser accepts.
-pub async fn client_address(
+/// The real client and the address it connected to: the socket's own, or,
+/// when the peer is a trusted load balancer on this listener, those its
+/// PROXY header gives. The header is removed from `buf`. From anyone else a
+/// PROXY header is just bytes, which no TLS or HTTP parser accepts.
+pub async fn addresses(
     stream: &mut TcpStream,
     peer: SocketAddr,
     listener: &Listener,
     buf: &mut Vec<u8>,
     deadline: Instant,
     started: Instant,
-) -> Result<SocketAddr, Refusal> {
+) -> Result<(SocketAddr, SocketAddr), Refusal> {
+    let local = stream.local_addr()?;
     if !is_trusted_proxy(listener, peer) {
-        return Ok(peer);
+        return Ok((peer, local));
     }
     let header =
         read_until(stream, buf, proxy_header::MAX_HEADER_LEN, deadline, started, proxy_header::parse).await?;
     buf.drain(..header.len);
-    Ok(header.client.unwrap_or(peer))
+    let (client, local) = header.addresses.unwrap_or((peer, local));
+    if client != peer {
+        tracing::Span::current().record("client", tracing::field::display(client));
+    }
+    Ok((client, local))
 }
 
 pub fn is_trusted_proxy(listener: &Listener, peer: SocketAddr) -> bool {

@@ -63,9 +63,10 @@ pub fn unmap(addr: SocketAddr) -> SocketAddr {
 pub struct Inbound {
     /// Bytes the header took at the start of the stream; not forwarded.
     pub len: usize,
-    /// The original client, or `None` for a LOCAL/UNKNOWN header (a load
-    /// balancer's own health check), which keeps the peer's address.
-    pub client: Option<SocketAddr>,
+    /// The original client and the address it connected to, or `None` for
+    /// a LOCAL/UNKNOWN header (a load balancer's own health check), which
+    /// keeps the socket's addresses.
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,21 +99,33 @@ pub fn parse(buf: &[u8]) -> Result<Option<Inbound>, ProxyHeaderError> {
     let invalid = |e: &dyn std::fmt::Display| ProxyHeaderError::Invalid(e.to_string());
     match result {
         HeaderResult::V1(Ok(header)) => {
-            let client = match header.addresses {
-                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+            let addresses = match header.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
+                ppp::v1::Addresses::Tcp6(a) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
                 ppp::v1::Addresses::Unknown => None,
             };
-            Ok(Some(Inbound { len: header.header.len(), client }))
+            Ok(Some(Inbound { len: header.header.len(), addresses }))
         }
         HeaderResult::V2(Ok(header)) => {
-            let client = match (header.command, header.addresses) {
+            let addresses = match (header.command, header.addresses) {
                 (ppp::v2::Command::Local, _) => None,
-                (_, ppp::v2::Addresses::IPv4(a)) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-                (_, ppp::v2::Addresses::IPv6(a)) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                (_, ppp::v2::Addresses::IPv4(a)) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
+                (_, ppp::v2::Addresses::IPv6(a)) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
                 (_, _) => None,
             };
-            Ok(Some(Inbound { len: header.len(), client }))
+            Ok(Some(Inbound { len: header.len(), addresses }))
         }
         HeaderResult::V1(Err(e)) => Err(invalid(&e)),
         HeaderResult::V2(Err(e)) => Err(invalid(&e)),
@@ -191,16 +204,16 @@ mod tests {
                     assert_eq!(parse(&bytes[..cut]), Ok(None), "{version:?} {client} cut at {cut}");
                 }
                 bytes.extend_from_slice(&[22, 3, 1]);
-                assert_eq!(parse(&bytes), Ok(Some(Inbound { len, client: Some(addr(client)) })));
+                assert_eq!(parse(&bytes), Ok(Some(Inbound { len, addresses: Some((addr(client), addr(local))) })));
             }
         }
     }
 
     #[test]
     fn local_and_unknown_keep_the_peer() {
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Some(Inbound { len: 15, client: None })));
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Some(Inbound { len: 15, addresses: None })));
         let local = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0x00, 0x00, 0x00]].concat();
-        assert_eq!(parse(&local), Ok(Some(Inbound { len: 16, client: None })));
+        assert_eq!(parse(&local), Ok(Some(Inbound { len: 16, addresses: None })));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::config::{Config, Listener};
 use crate::forward::forward;
 use crate::hello;
-use crate::inbound::{client_address, read_until};
+use crate::inbound::{addresses, read_until};
 use crate::names::Requested;
 use crate::outcome::{Refusal, Served};
 use crate::relay::Counters;
@@ -33,10 +33,7 @@ pub async fn serve(
     let started = Instant::now();
     let deadline = started + config.timeouts.client_hello;
     let mut buf = Vec::new();
-    let client = client_address(stream, peer, listener, &mut buf, deadline, started).await?;
-    if client != peer {
-        tracing::Span::current().record("client", display(client));
-    }
+    let (client, local) = addresses(stream, peer, listener, &mut buf, deadline, started).await?;
     let hello = read_until(stream, &mut buf, MAX_READ, deadline, started, hello::parse).await?;
     handshake_done();
     let name = match hello.server_name {
@@ -48,7 +45,6 @@ pub async fn serve(
         return Err(refuse(stream, Refusal::UnknownName(name.to_string())).await);
     };
     tracing::Span::current().record("route", display(&route.name));
-    let local = stream.local_addr()?;
     forward(stream, client, local, &route.backend, &buf, config.timeouts.idle, counters).await
 }
 

@@ -1,0 +1,154 @@
+//! Test harness: the real server in-process on 127.0.0.1 port 0, backends
+//! that record every byte they receive, and small clients.
+#![allow(dead_code)]
+
+use sni_edge::config::Config;
+use sni_edge::server::{self, Control};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Every wait in these tests is bounded by this.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future).await.unwrap_or_else(|_| panic!("{what}: took longer than {PATIENCE:?}"))
+}
+
+/// A backend server that hands each connection to `handler`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let handler = Arc::new(handler);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(handler(stream));
+            }
+        });
+        Backend { addr, accepted, task }
+    }
+
+    /// A backend that reads until the client finishes sending, reports all
+    /// it received on the channel, then answers "bye" and closes.
+    pub async fn recording() -> (Backend, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backend = Backend::start(move |mut stream| {
+            let tx = tx.clone();
+            async move {
+                let mut received = Vec::new();
+                let _ = stream.read_to_end(&mut received).await;
+                let _ = tx.send(received);
+                let _ = stream.write_all(b"bye").await;
+            }
+        })
+        .await;
+        (backend, rx)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// The real gateway, running in this test's runtime.
+pub struct Gateway {
+    pub tls: SocketAddr,
+    pub http: SocketAddr,
+    pub config_path: PathBuf,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    dir: PathBuf,
+}
+
+impl Gateway {
+    /// `config` gets the TLS and HTTP listener addresses and returns the
+    /// config JSON, which is written to a file so that reloads can change it.
+    pub async fn start(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gateway {
+        let tls_socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let http_socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tls = tls_socket.local_addr().unwrap();
+        let http = http_socket.local_addr().unwrap();
+        let dir = std::env::temp_dir().join(format!("sni-edge-test-{}-{}", std::process::id(), tls.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config(tls, http)).unwrap();
+        let parsed = Config::load(&config_path).unwrap();
+        let listeners = [(tls, tls_socket), (http, http_socket)].into_iter().collect();
+        let (control, requests) = mpsc::channel(8);
+        let task = tokio::spawn(server::run(Some(config_path.clone()), parsed, listeners, requests));
+        Gateway { tls, http, config_path, control, task, dir }
+    }
+
+    pub async fn send(&self, request: Control) {
+        self.control.send(request).await.unwrap();
+    }
+
+    /// Asks for a graceful stop and waits until the server has stopped.
+    pub async fn stop(self) {
+        self.send(Control::Shutdown).await;
+        within("gateway stop", self.task).await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A config with one TLS and one HTTP listener, and the given routes and
+/// backends (JSON fragments).
+pub fn config(tls: SocketAddr, http: SocketAddr, routes: &str, backends: &str) -> String {
+    format!(
+        r#"{{
+          "log": {{ "level": "debug" }},
+          "listeners": [
+            {{ "address": "{tls}", "protocol": "tls" }},
+            {{ "address": "{http}", "protocol": "http" }}
+          ],
+          "routes": {routes},
+          "backends": {backends}
+        }}"#
+    )
+}
+
+/// Sends `bytes`, ends the sending side, and returns all the gateway sent back.
+pub async fn exchange(to: SocketAddr, bytes: &[u8]) -> (SocketAddr, Vec<u8>) {
+    let mut stream = TcpStream::connect(to).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    // A reset is a valid way for the gateway to refuse.
+    let _ = within("reading the answer", stream.read_to_end(&mut answer)).await;
+    (local, answer)
+}
+
+pub fn proxy_v1(client: SocketAddr, gateway: SocketAddr) -> Vec<u8> {
+    format!("PROXY TCP4 {} {} {} {}\r\n", client.ip(), gateway.ip(), client.port(), gateway.port()).into_bytes()
+}
+
+pub const HELLO_CURL: &[u8] = include_bytes!("../fixtures/hello-curl-tls13.bin");
+pub const HELLO_CHROMIUM: &[u8] = include_bytes!("../fixtures/hello-chromium.bin");
+pub const HELLO_OPENSSL_NO_SNI: &[u8] = include_bytes!("../fixtures/hello-openssl-nosni.bin");
+/// The fatal unrecognized_name alert a refused name gets.
+pub const ALERT_UNRECOGNIZED_NAME: &[u8] = &[21, 3, 3, 0, 2, 2, 112];
