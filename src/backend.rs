@@ -191,9 +191,16 @@ mod tests {
     #[test]
     fn parses_server_addresses() {
         assert_eq!(ServerAddress::parse("192.0.2.20:443"), Ok(ServerAddress::Ip("192.0.2.20:443".parse().unwrap())));
-        assert_eq!(ServerAddress::parse("[2001:db8::20]:443"), Ok(ServerAddress::Ip("[2001:db8::20]:443".parse().unwrap())));
-        assert!(matches!(ServerAddress::parse("Node.Test:443"), Ok(ServerAddress::Dns(h, 443)) if h.as_str() == "node.test"));
-        for bad in ["192.0.2.20", "node.test", "node.test:0", "node.test:99999", "2001:db8::20:443", "no_de.test:80", ":443"] {
+        assert_eq!(
+            ServerAddress::parse("[2001:db8::20]:443"),
+            Ok(ServerAddress::Ip("[2001:db8::20]:443".parse().unwrap()))
+        );
+        assert!(
+            matches!(ServerAddress::parse("Node.Test:443"), Ok(ServerAddress::Dns(h, 443)) if h.as_str() == "node.test")
+        );
+        for bad in
+            ["192.0.2.20", "node.test", "node.test:0", "node.test:99999", "2001:db8::20:443", "no_de.test:80", ":443"]
+        {
             assert!(ServerAddress::parse(bad).is_err(), "{bad} was accepted");
         }
     }

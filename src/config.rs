@@ -315,7 +315,10 @@ impl RawConfig {
         }
         for (i, listener) in self.listeners.iter().enumerate() {
             if let Some(j) = self.listeners[..i].iter().position(|l| l.address == listener.address) {
-                return Err(error(format!("listeners[{i}].address"), format!("{} is already listeners[{j}]", listener.address)));
+                return Err(error(
+                    format!("listeners[{i}].address"),
+                    format!("{} is already listeners[{j}]", listener.address),
+                ));
             }
         }
         if ![301, 302, 303, 307, 308].contains(&self.http.redirect_status) {

@@ -140,8 +140,7 @@ fn server_name(message: Vec<u8>) -> Result<Requested, HelloError> {
     };
     // tls-parser stops quietly at the first extension it cannot parse; a
     // non-empty rest is how that shows, and it means the block is bad.
-    let (rest, _) =
-        parse_tls_client_hello_extensions(extensions).map_err(|_| HelloError::Malformed("extensions"))?;
+    let (rest, _) = parse_tls_client_hello_extensions(extensions).map_err(|_| HelloError::Malformed("extensions"))?;
     if !rest.is_empty() {
         return Err(HelloError::Malformed("extension block"));
     }
@@ -203,11 +202,11 @@ fn sni_host_name(data: &[u8]) -> Result<&[u8], HelloError> {
     host.ok_or(HelloError::Malformed("server_name without a host name"))
 }
 
-
 /// A small valid ClientHello asking for `server_name` (none if `None`):
 /// what a TLS health check sends, and what tests send.
 pub fn build(server_name: Option<&str>) -> Vec<u8> {
-    let extensions = server_name.map(|name| sni_extension(&[(SNI_TYPE_HOST_NAME, name.as_bytes())])).unwrap_or_default();
+    let extensions =
+        server_name.map(|name| sni_extension(&[(SNI_TYPE_HOST_NAME, name.as_bytes())])).unwrap_or_default();
     hello_with_extensions(&extensions)
 }
 
@@ -301,7 +300,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_instead_of_matching_their_suffix() {
-        for bad in [&b"x\0.kube.example.com"[..], b"a/b.kube.example.com", b"a..kube.example.com", b"-.kube.example.com"] {
+        for bad in
+            [&b"x\0.kube.example.com"[..], b"a/b.kube.example.com", b"a..kube.example.com", b"-.kube.example.com"]
+        {
             let buf = hello_with_extensions(&sni_extension(&[(0, bad)]));
             assert!(matches!(parse(&buf), Err(HelloError::InvalidName(_))), "{bad:?}");
         }

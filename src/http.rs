@@ -66,7 +66,9 @@ fn host_name(value: &str) -> Result<Requested, Refusal> {
 /// climb out of the challenge directory.
 fn is_acme_token_path(path: &str) -> bool {
     path.strip_prefix(ACME_PREFIX).is_some_and(|token| {
-        !token.is_empty() && token.len() <= 255 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !token.is_empty()
+            && token.len() <= 255
+            && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     })
 }
 
@@ -82,7 +84,8 @@ pub async fn serve(
     let deadline = started + config.timeouts.http_request;
     let mut buf = Vec::new();
     let (client, local) = addresses(stream, peer, listener, &mut buf, deadline, started).await?;
-    let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await {
+    let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await
+    {
         Ok(request) => request,
         Err(Refusal::TooLarge(n)) => return answer(stream, 431, None, Refusal::TooLarge(n)).await,
         Err(e @ Refusal::BadRequest(_)) => return answer(stream, 400, None, e).await,
@@ -120,7 +123,12 @@ pub async fn serve(
 }
 
 /// Answers with an error status, then reports the refusal.
-async fn answer(stream: &mut TcpStream, status: u16, location: Option<&str>, refusal: Refusal) -> Result<Served, Refusal> {
+async fn answer(
+    stream: &mut TcpStream,
+    status: u16,
+    location: Option<&str>,
+    refusal: Refusal,
+) -> Result<Served, Refusal> {
     respond(stream, status, location).await;
     Err(refusal)
 }
@@ -138,8 +146,7 @@ async fn respond(stream: &mut TcpStream, status: u16, location: Option<&str>) {
         _ => "",
     };
     let location = location.map(|l| format!("Location: {l}\r\n")).unwrap_or_default();
-    let response =
-        format!("HTTP/1.1 {status} {reason}\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let response = format!("HTTP/1.1 {status} {reason}\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n");
     // Best effort: the client may be gone already.
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;

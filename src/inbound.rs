@@ -58,8 +58,7 @@ pub async fn addresses(
     if !is_trusted_proxy(listener, peer) {
         return Ok((peer, local));
     }
-    let header =
-        read_until(stream, buf, proxy_header::MAX_HEADER_LEN, deadline, started, proxy_header::parse).await?;
+    let header = read_until(stream, buf, proxy_header::MAX_HEADER_LEN, deadline, started, proxy_header::parse).await?;
     buf.drain(..header.len);
     let (client, local) = header.addresses.unwrap_or((peer, local));
     if client != peer {

@@ -1,6 +1,7 @@
 //! Log output: the journal when running under systemd, text otherwise.
 
 use crate::config::{LogFormat, LogLevel};
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
@@ -22,7 +23,9 @@ pub fn init(level: LogLevel, format: LogFormat) -> anyhow::Result<()> {
     if journald {
         registry.with(tracing_journald::layer()?).try_init()?;
     } else {
-        let text = tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr);
+        // Colours only for a person at a terminal, never in a file or a pipe.
+        let ansi = std::io::stderr().is_terminal();
+        let text = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
         registry.with(text).try_init()?;
     }
     Ok(())

@@ -11,12 +11,15 @@ use tokio::sync::mpsc;
 /// real client address, redirects HTTP to HTTPS and passes ACME http-01
 /// challenges through. Names not listed get nothing.
 #[derive(Parser)]
-#[command(version, after_help = "Examples:\n  \
+#[command(
+    version,
+    after_help = "Examples:\n  \
     sni-edge check --config /etc/sni-edge/config.json\n  \
     sni-edge run --config /etc/sni-edge/config.json --log-level debug\n\n\
     Signals: SIGHUP re-reads the config (an invalid file is logged and the running config stays);\n\
     SIGTERM or SIGINT stops accepting and lets connections finish for up to timeouts.shutdown.\n\
-    The config format is documented in the README, section \"Configuration\".")]
+    The config format is documented in the README, section \"Configuration\"."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

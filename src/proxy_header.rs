@@ -172,10 +172,7 @@ mod tests {
         ]
         .concat();
         assert_eq!(encode(Version::V2, addr("203.0.113.10:51234"), addr("198.51.100.1:443")), v4);
-        assert_eq!(
-            encode(Version::V2, addr("[::ffff:203.0.113.10]:51234"), addr("[::ffff:198.51.100.1]:443")),
-            v4
-        );
+        assert_eq!(encode(Version::V2, addr("[::ffff:203.0.113.10]:51234"), addr("[::ffff:198.51.100.1]:443")), v4);
         let v6 = [
             &SIG[..],
             &[0x21, 0x21, 0x00, 0x24],

@@ -4,7 +4,10 @@
 //! connection costs no user-space buffer at all; a buffer exists only while
 //! a burst of data is being moved. When one side ends its sending (EOF), the
 //! other side's sending direction is shut down and the rest keeps flowing:
-//! half-closed connections lose nothing.
+//! half-closed connections lose nothing. A failed write ends only its own
+//! direction, since the side that stopped reading may still be sending its
+//! last bytes (a server that answers and closes); a failed read means that
+//! side is gone, and ends the relay.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,18 +55,23 @@ pub async fn relay(
         )
     };
     tokio::select! {
-        result = both => result.map(|_| ()).map_err(RelayEnd::Io),
+        result = both => match result {
+            Ok((None, None)) => Ok(()),
+            Ok((Some(e), _) | (None, Some(e))) | Err(e) => Err(RelayEnd::Io(e)),
+        },
         () = idle_for(idle, counters, start) => Err(RelayEnd::Idle(idle)),
     }
 }
 
+/// Moves one direction until EOF. Returns `Ok(Some(e))` when writing failed
+/// (only this direction ends) and `Err(e)` when reading failed (all ends).
 async fn pump(
     from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     moved: &AtomicU64,
     counters: &Counters,
     start: Instant,
-) -> io::Result<()> {
+) -> io::Result<Option<io::Error>> {
     loop {
         from.as_ref().readable().await?;
         // Uninitialised capacity: try_read_buf fills it without zeroing first.
@@ -77,10 +85,12 @@ async fn pump(
                     // The sender is done: pass the half-close on. An error
                     // here means the other side is gone already.
                     let _ = to.shutdown().await;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Ok(n) => {
-                    to.write_all(&buffer[..n]).await?;
+                    if let Err(e) = to.write_all(&buffer[..n]).await {
+                        return Ok(Some(e));
+                    }
                     moved.fetch_add(n as u64, Ordering::Relaxed);
                     counters.last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }

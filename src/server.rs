@@ -13,7 +13,7 @@ use crate::{http, tls};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,7 +122,7 @@ pub async fn run(
 
 /// Loads the new config and switches to it, or changes nothing.
 fn reload(
-    path: &PathBuf,
+    path: &Path,
     current: &watch::Sender<Arc<Config>>,
     loops: &mut HashMap<SocketAddr, AcceptLoop>,
     shared: &Arc<Shared>,
@@ -133,8 +133,8 @@ fn reload(
     let mut opened = HashMap::new();
     for listener in &config.listeners {
         if !loops.contains_key(&listener.address) {
-            let socket = bind(listener.address)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
+            let socket =
+                bind(listener.address).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
             opened.insert(listener.address, socket);
         }
     }
@@ -220,8 +220,12 @@ async fn connection(
                 let handshake_done = || admission.handshake_done();
                 let served = async {
                     match listener.protocol {
-                        Protocol::Tls => tls::serve(&mut stream, peer, &listener, &config, &counters, handshake_done).await,
-                        Protocol::Http => http::serve(&mut stream, peer, &listener, &config, &counters, handshake_done).await,
+                        Protocol::Tls => {
+                            tls::serve(&mut stream, peer, &listener, &config, &counters, handshake_done).await
+                        }
+                        Protocol::Http => {
+                            http::serve(&mut stream, peer, &listener, &config, &counters, handshake_done).await
+                        }
                     }
                 };
                 tokio::select! {
@@ -237,7 +241,9 @@ async fn connection(
             Ok(Served::Relayed(None)) => tracing::info!(outcome = "relayed", up, down, ms, "closed"),
             Ok(Served::Relayed(Some(end))) => tracing::info!(outcome = "relayed", up, down, ms, "closed: {end}"),
             Ok(Served::Answered(status)) => tracing::info!(outcome = "answered", status, ms, "answered"),
-            Err(refusal) => tracing::info!(outcome = "refused", reason = refusal.reason(), up, down, ms, "refused: {refusal}"),
+            Err(refusal) => {
+                tracing::info!(outcome = "refused", reason = refusal.reason(), up, down, ms, "refused: {refusal}")
+            }
         }
     }
     .instrument(span)

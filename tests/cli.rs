@@ -5,7 +5,11 @@ use std::process::Command;
 
 fn check(path: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sni-edge")).args(["check", "--config"]).arg(path).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -29,7 +33,10 @@ fn check_refuses_broken_files_naming_the_place() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
     let expected = [
         ("unknown-backend.json", "routes[0].backend: no backend named \"clustre\" (backends: cluster)"),
-        ("bad-proxy-version.json", "backends.cluster.proxy_protocol (line 7): unknown variant `2`, expected one of `none`, `v1`, `v2`"),
+        (
+            "bad-proxy-version.json",
+            "backends.cluster.proxy_protocol (line 7): unknown variant `2`, expected one of `none`, `v1`, `v2`",
+        ),
         ("bad-name.json", "routes[0].names[1]: \"kube.*.example.com\": a wildcard must be the whole first label"),
     ];
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), expected.len(), "every invalid example has an expectation");

@@ -81,7 +81,11 @@ async fn refused_connections_deliver_nothing_upstream() {
         ("NUL in the name", hello::build(Some("x\0.kube.example.test")), vec![]),
         ("slash in the name", hello::build(Some("a/b.kube.example.test")), vec![]),
         ("plain HTTP", b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n".to_vec(), vec![]),
-        ("PROXY header from an untrusted peer", [&b"PROXY TCP4 203.0.113.9 127.0.0.1 1 443\r\n"[..], HELLO_CURL].concat(), vec![]),
+        (
+            "PROXY header from an untrusted peer",
+            [&b"PROXY TCP4 203.0.113.9 127.0.0.1 1 443\r\n"[..], HELLO_CURL].concat(),
+            vec![],
+        ),
         ("truncated hello", HELLO_CURL[..100].to_vec(), vec![]),
         ("nothing at all", vec![], vec![]),
     ];
@@ -200,10 +204,8 @@ async fn a_dead_server_is_skipped_for_the_next() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let backends = format!(
-        r#"{{ "cluster": {{ "servers": ["{dead}", "{}"], "connect_timeout": "2s" }} }}"#,
-        backend.addr
-    );
+    let backends =
+        format!(r#"{{ "cluster": {{ "servers": ["{dead}", "{}"], "connect_timeout": "2s" }} }}"#, backend.addr);
     let gw = Gateway::start(|tls, http| config(tls, http, ROUTES, &backends)).await;
     for _ in 0..4 {
         let (_, answer) = exchange(gw.tls, HELLO_CURL).await;
@@ -229,10 +231,8 @@ async fn every_server_down_refuses_quickly() {
 async fn source_hash_keeps_a_client_on_one_server() {
     let (a, mut got_a) = Backend::recording().await;
     let (b, mut got_b) = Backend::recording().await;
-    let backends = format!(
-        r#"{{ "cluster": {{ "servers": ["{}", "{}"], "balance": "source_hash" }} }}"#,
-        a.addr, b.addr
-    );
+    let backends =
+        format!(r#"{{ "cluster": {{ "servers": ["{}", "{}"], "balance": "source_hash" }} }}"#, a.addr, b.addr);
     let gw = Gateway::start(|tls, http| config(tls, http, ROUTES, &backends)).await;
     for _ in 0..6 {
         exchange(gw.tls, HELLO_CURL).await;

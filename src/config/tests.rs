@@ -124,7 +124,11 @@ fn every_error_names_its_place() {
 fn errors_in_a_file_name_the_file_and_line() {
     let dir = std::env::temp_dir().join(format!("sni-edge-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("names.txt"), "# allowed\nblog.example.test\n\n*.kube.example.test # cluster\nbad name.test\n").unwrap();
+    std::fs::write(
+        dir.join("names.txt"),
+        "# allowed\nblog.example.test\n\n*.kube.example.test # cluster\nbad name.test\n",
+    )
+    .unwrap();
     let text = with(&[(&["routes", "0", "names_file"], serde_json::json!("names.txt"))]);
     std::fs::write(dir.join("config.json"), &text).unwrap();
     let error = Config::load(&dir.join("config.json")).unwrap_err().to_string();
@@ -151,7 +155,10 @@ fn errors_in_a_file_name_the_file_and_line() {
     assert_eq!(error, format!("{}: listeners: at least one listener is needed", dir.join("config.json").display()));
     std::fs::write(dir.join("config.json"), "{\n  \"listeners\": [\n    {\"address\": \"1.2.3.4\"}\n  ]\n}\n").unwrap();
     let error = Config::load(&dir.join("config.json")).unwrap_err().to_string();
-    assert_eq!(error, format!("{}: listeners[0].address (line 3): invalid socket address syntax", dir.join("config.json").display()));
+    assert_eq!(
+        error,
+        format!("{}: listeners[0].address (line 3): invalid socket address syntax", dir.join("config.json").display())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -165,7 +172,10 @@ fn default_backend_takes_unlisted_names() {
 #[test]
 fn server_objects_and_durations() {
     let c = parse(&with(&[
-        (&["backends", "b", "servers"], serde_json::json!(["127.0.0.1:1", { "address": "node.test:443", "max_connections": 128 }])),
+        (
+            &["backends", "b", "servers"],
+            serde_json::json!(["127.0.0.1:1", { "address": "node.test:443", "max_connections": 128 }]),
+        ),
         (&["backends", "b", "connect_timeout"], serde_json::json!("250ms")),
         (&["timeouts", "idle"], serde_json::json!("1h")),
     ]))

@@ -1,0 +1,16 @@
+# Seed 003 on the cluster side: a k3s server whose bundled Traefik trusts the
+# PROXY header of the gateway at 192.0.2.1, and only that.
+{
+  services.k3s = {
+    enable = true;
+    role = "server";
+  };
+  services.sniEdge.k3sTrust = {
+    enable = true;
+    gatewayAddresses = [ "192.0.2.1" ];
+  };
+  networking.firewall.allowedTCPPorts = [
+    80
+    443
+  ];
+}

@@ -1,0 +1,621 @@
+# NixOS module for the sni-edge gateway: services.sniEdge.
+#
+# `settings` is RFC 42 style: its keys are exactly the keys of the JSON config
+# file (snake_case), so the generated JSON *is* the config file. The parts
+# everyone sets are declared and documented; anything else passes through the
+# freeform type and is checked by `sni-edge check` when the system is built.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.sniEdge;
+  settingsFormat = pkgs.formats.json { };
+
+  inherit (lib) literalExpression literalMD mkOption types;
+
+  # Switch to `true` once the binary calls sd_notify(READY=1): the unit then
+  # becomes Type=notify with NotifyAccess=main. Nothing else has to change.
+  sdNotify = false;
+
+  # Where the service reads its config. A fixed path in /etc (not the store
+  # path) keeps the unit file unchanged when only the config changes, so that
+  # a config change is a reload (reloadTriggers) and a package change a restart.
+  configPath = "/etc/sni-edge/config.json";
+
+  # Optional keys are declared with `default = null`; nulls are dropped so that
+  # an unset option is absent from the file and the binary's default applies.
+  dropNulls =
+    value:
+    if builtins.isAttrs value then
+      lib.mapAttrs (_: dropNulls) (lib.filterAttrs (_: v: v != null) value)
+    else if builtins.isList value then
+      map dropNulls value
+    else
+      value;
+
+  generatedFile = settingsFormat.generate "sni-edge.json" (dropNulls cfg.settings);
+
+  # Like nixpkgs' vector and caddy modules: run the program's own checker on
+  # the generated file while the system is built, so a bad config fails
+  # nixos-rebuild before anything is switched. Skipped when cross-compiling
+  # (the build machine cannot run the binary), as caddy does for `caddy fmt`.
+  canRunPackage = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
+  validatedFile =
+    if cfg.checkConfig && canRunPackage then
+      pkgs.runCommand "sni-edge-checked.json" { preferLocalBuild = true; } ''
+        ${lib.getExe cfg.package} check --config ${generatedFile}
+        ln -s ${generatedFile} $out
+      ''
+    else
+      generatedFile;
+
+  # Listener addresses are "IP:port" or "[IPv6]:port".
+  portOf =
+    address:
+    let
+      m = builtins.match ".*:([0-9]+)" address;
+    in
+    if m == null then null else lib.toInt (builtins.head m);
+  listenerPorts = lib.unique (
+    lib.filter (p: p != null) (map (l: portOf l.address) cfg.settings.listeners)
+  );
+
+  namesFiles = lib.filter (f: f != null) (map (r: r.names_file) cfg.settings.routes);
+  inStore = f: builtins.isPath f || lib.hasPrefix "${builtins.storeDir}/" (toString f);
+
+  listenerType = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      address = mkOption {
+        type = types.str;
+        example = "[::]:443";
+        description = ''
+          Socket address to listen on: `IP:port`, IPv6 as `[::]:443`.
+        '';
+      };
+      protocol = mkOption {
+        type = types.enum [
+          "tls"
+          "http"
+        ];
+        example = "http";
+        description = ''
+          `tls`: read the SNI of the ClientHello and pass the TLS stream through
+          to the route's backend. `http`: redirect to `https://` and forward
+          ACME http-01 challenges to the route's `acme_backend`.
+        '';
+      };
+      proxy_protocol_from = mkOption {
+        type = types.nullOr (types.listOf types.str);
+        default = null;
+        defaultText = literalMD "unset: no client may send a PROXY header";
+        example = [ "10.0.0.0/8" ];
+        description = ''
+          CIDRs whose connections must start with a PROXY v1/v2 header, for a
+          load balancer in front of the gateway.
+        '';
+      };
+    };
+  };
+
+  routeType = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      name = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalMD "the backend's name";
+        example = "cluster";
+        description = "Label for this route in logs and metrics.";
+      };
+      names = mkOption {
+        type = types.nullOr (types.listOf types.str);
+        default = null;
+        defaultText = literalMD "unset: only {option}`names_file` is used";
+        example = [
+          "blog.example.com"
+          "*.kube.example.com"
+        ];
+        description = ''
+          Host names this route accepts: exact names, or `*.suffix` for any
+          name below the suffix (at any depth, never the suffix itself).
+          Case-insensitive; a trailing dot is ignored.
+        '';
+      };
+      names_file = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = literalExpression "./allowed-domains.txt";
+        description = ''
+          File with one name or `*.suffix` pattern per line (`#` comments and
+          blank lines allowed), read at start and on every reload.
+
+          A Nix path (`./allowed-domains.txt`) is copied to the store and
+          checked at build time. A path outside the store (for a list you edit
+          by hand, then `systemctl reload sni-edge`) cannot be read by the
+          build-time check: set {option}`services.sniEdge.checkConfig` to
+          `false` for it. It must not be under /home (ProtectHome).
+        '';
+      };
+      backend = mkOption {
+        type = types.str;
+        example = "cluster-https";
+        description = ''
+          Name of the backend in {option}`services.sniEdge.settings.backends`
+          that receives the raw TLS stream of the matching connections.
+        '';
+      };
+      acme_backend = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalMD "unset: ACME challenges for these names are answered 421";
+        example = "cluster-http";
+        description = ''
+          Backend for `/.well-known/acme-challenge/` requests to these names on
+          the `http` listeners, so the cluster can answer ACME http-01.
+        '';
+      };
+    };
+  };
+
+  serverType = types.either types.str (
+    types.submodule {
+      freeformType = settingsFormat.type;
+      options = {
+        address = mkOption {
+          type = types.str;
+          example = "node2.test:443";
+          description = "`host:port` of the server; DNS names are resolved at connect time.";
+        };
+        max_connections = mkOption {
+          type = types.nullOr types.ints.positive;
+          default = null;
+          example = 128;
+          description = "Connections to this server open at once.";
+        };
+      };
+    }
+  );
+
+  backendType = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      servers = mkOption {
+        type = types.listOf serverType;
+        example = [
+          "192.0.2.20:443"
+          {
+            address = "192.0.2.21:443";
+            max_connections = 128;
+          }
+        ];
+        description = ''
+          Servers of this backend: `"host:port"` strings or objects with
+          `address` and `max_connections`.
+        '';
+      };
+      proxy_protocol = mkOption {
+        type = types.nullOr (
+          types.enum [
+            "none"
+            "v1"
+            "v2"
+          ]
+        );
+        default = null;
+        defaultText = literalMD "unset: `none`";
+        example = "v2";
+        description = ''
+          PROXY protocol header sent before the client's bytes, so the cluster
+          sees the client's address. Traefik and nginx read both versions.
+        '';
+      };
+      balance = mkOption {
+        type = types.nullOr (
+          types.enum [
+            "round_robin"
+            "source_hash"
+          ]
+        );
+        default = null;
+        defaultText = literalMD "unset: `round_robin`";
+        example = "source_hash";
+        description = "How connections are spread over the servers.";
+      };
+      connect_timeout = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalMD "unset: `5s`";
+        example = "2s";
+        description = "Time allowed to connect to one server (humantime: `250ms`, `5s`).";
+      };
+    };
+  };
+
+  durationOption =
+    default: description:
+    mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      defaultText = literalMD "unset: `${default}`";
+      example = default;
+      inherit description;
+    };
+
+  countOption =
+    default: description:
+    mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      defaultText = literalMD "unset: `${toString default}`";
+      example = default;
+      inherit description;
+    };
+in
+{
+  options.services.sniEdge = {
+    enable = lib.mkEnableOption "sni-edge, the gateway that routes TLS by SNI without decrypting it";
+
+    package = lib.mkPackageOption pkgs "sni-edge" { };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Whether to open the TCP ports of all
+        {option}`services.sniEdge.settings.listeners` in the firewall.
+        The metrics port is never opened.
+      '';
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether to run `sni-edge check` on the generated config file while the
+        system is built, so that a bad config fails `nixos-rebuild`. The check
+        also reads every `names_file`, so it must be turned off when a
+        `names_file` lives outside the Nix store.
+      '';
+    };
+
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = validatedFile;
+      defaultText = literalMD "the JSON file generated from {option}`services.sniEdge.settings`";
+      description = ''
+        The generated (and, with {option}`services.sniEdge.checkConfig`,
+        checked) config file. The service reads it as {file}`${configPath}`.
+      '';
+    };
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        The sni-edge config file as Nix. Keys are exactly the keys of the JSON
+        config (see `examples/gateway.json` in the sni-edge repository); keys
+        not declared here are passed through as they are and checked by
+        `sni-edge check` at build time.
+      '';
+      example = literalExpression ''
+        {
+          routes = [
+            {
+              names = [ "blog.example.com" "*.kube.example.com" ];
+              backend = "cluster-https";
+              acme_backend = "cluster-http";
+            }
+          ];
+          backends = {
+            cluster-https = { servers = [ "192.0.2.20:443" ]; proxy_protocol = "v2"; };
+            cluster-http = { servers = [ "192.0.2.20:80" ]; proxy_protocol = "v1"; };
+          };
+        }
+      '';
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          listeners = mkOption {
+            type = types.listOf listenerType;
+            default = [
+              {
+                address = "0.0.0.0:443";
+                protocol = "tls";
+              }
+              {
+                address = "[::]:443";
+                protocol = "tls";
+              }
+              {
+                address = "0.0.0.0:80";
+                protocol = "http";
+              }
+              {
+                address = "[::]:80";
+                protocol = "http";
+              }
+            ];
+            defaultText = literalMD "TLS on port 443 and HTTP on port 80, IPv4 and IPv6";
+            example = [
+              {
+                address = "198.51.100.1:443";
+                protocol = "tls";
+              }
+              {
+                address = "198.51.100.1:80";
+                protocol = "http";
+              }
+            ];
+            description = "Sockets the gateway listens on.";
+          };
+
+          routes = mkOption {
+            type = types.listOf routeType;
+            default = [ ];
+            example = [
+              {
+                name = "cluster";
+                names = [ "*.kube.example.com" ];
+                backend = "cluster-https";
+                acme_backend = "cluster-http";
+              }
+            ];
+            description = ''
+              Which names go where. The most specific match wins: an exact name
+              beats `*.suffix`, a longer suffix beats a shorter one. A name no
+              route matches is refused, unless
+              {option}`services.sniEdge.settings.default_backend` is set.
+            '';
+          };
+
+          backends = mkOption {
+            type = types.attrsOf backendType;
+            default = { };
+            example = {
+              cluster-https = {
+                servers = [ "192.0.2.20:443" ];
+                proxy_protocol = "v2";
+              };
+            };
+            description = "Named groups of servers that routes send connections to.";
+          };
+
+          default_backend = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            defaultText = literalMD "unset: names that match no route are refused";
+            example = "legacy-https";
+            description = ''
+              Backend for well-formed names that match no route. Leave unset to
+              refuse them, which is what an allow list wants.
+            '';
+          };
+
+          timeouts = mkOption {
+            default = { };
+            description = "Timeouts, as humantime strings (`250ms`, `5s`, `15m`).";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                client_hello = durationOption "5s" "From accept until the whole ClientHello is in.";
+                idle = durationOption "15m" "A relayed connection silent in both directions this long is closed.";
+                http_request = durationOption "10s" "Time to read an HTTP request head on an `http` listener.";
+                shutdown = durationOption "30s" "On stop, how long open connections may take to finish.";
+              };
+            };
+          };
+
+          limits = mkOption {
+            default = { };
+            description = "Connection limits.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                max_connections = countOption 20000 "Connections open at once, all listeners together.";
+                max_pending_handshakes = countOption 2000 "Connections that have not yet sent a complete ClientHello or request head.";
+                max_connections_per_client = countOption 512 "Connections open at once from one client address.";
+              };
+            };
+          };
+
+          metrics = mkOption {
+            default = null;
+            defaultText = literalMD "unset: no metrics endpoint";
+            description = "Prometheus metrics endpoint.";
+            type = types.nullOr (
+              types.submodule {
+                freeformType = settingsFormat.type;
+                options.address = mkOption {
+                  type = types.str;
+                  example = "127.0.0.1:9113";
+                  description = "Socket address of the metrics endpoint. It is never opened in the firewall.";
+                };
+              }
+            );
+          };
+
+          log = mkOption {
+            default = { };
+            description = "Logging.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                level = mkOption {
+                  type = types.nullOr (
+                    types.enum [
+                      "trace"
+                      "debug"
+                      "info"
+                      "warn"
+                      "error"
+                    ]
+                  );
+                  default = null;
+                  defaultText = literalMD "unset: `info`";
+                  example = "debug";
+                  description = "Log level.";
+                };
+                format = mkOption {
+                  type = types.nullOr (
+                    types.enum [
+                      "auto"
+                      "text"
+                      "journald"
+                    ]
+                  );
+                  default = null;
+                  defaultText = literalMD "unset: `auto` (journald fields under systemd, else text)";
+                  example = "text";
+                  description = "Log format.";
+                };
+              };
+            };
+          };
+        };
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions =
+      let
+        backendNames = lib.attrNames cfg.settings.backends;
+        hasBackend = name: lib.elem name backendNames;
+        routeLabel = i: r: "services.sniEdge.settings.routes.${toString i}${
+          lib.optionalString (r.name != null) " (${r.name})"
+        }";
+        forRoutes = f: lib.imap0 f cfg.settings.routes;
+      in
+      [
+        {
+          assertion = cfg.settings.listeners != [ ];
+          message = "services.sniEdge.settings.listeners must not be empty: the gateway would listen nowhere.";
+        }
+        {
+          assertion = cfg.openFirewall -> lib.all (l: portOf l.address != null) cfg.settings.listeners;
+          message = "services.sniEdge.openFirewall needs every listener address to end in `:port`; got ${
+            lib.concatMapStringsSep ", " (l: l.address) cfg.settings.listeners
+          }.";
+        }
+        {
+          assertion = cfg.settings.default_backend != null -> hasBackend cfg.settings.default_backend;
+          message = "services.sniEdge.settings.default_backend = \"${toString cfg.settings.default_backend}\" is not one of services.sniEdge.settings.backends (${lib.concatStringsSep ", " backendNames}).";
+        }
+        {
+          assertion = cfg.checkConfig -> lib.all inStore namesFiles;
+          message = "services.sniEdge.checkConfig needs every names_file in the Nix store (a Nix path such as ./allowed-domains.txt); ${
+            lib.concatMapStringsSep ", " toString (lib.filter (f: !inStore f) namesFiles)
+          } is outside it, so either use a Nix path or set services.sniEdge.checkConfig = false.";
+        }
+      ]
+      ++ forRoutes (
+        i: r: {
+          assertion = hasBackend r.backend;
+          message = "${routeLabel i r}.backend = \"${r.backend}\" is not one of services.sniEdge.settings.backends (${lib.concatStringsSep ", " backendNames}).";
+        }
+      )
+      ++ forRoutes (
+        i: r: {
+          assertion = r.acme_backend != null -> hasBackend r.acme_backend;
+          message = "${routeLabel i r}.acme_backend = \"${toString r.acme_backend}\" is not one of services.sniEdge.settings.backends (${lib.concatStringsSep ", " backendNames}).";
+        }
+      )
+      ++ forRoutes (
+        i: r: {
+          assertion = (r.names == null || r.names == [ ]) -> r.names_file != null;
+          message = "${routeLabel i r} has neither names nor names_file, so it can never match.";
+        }
+      )
+      ++ lib.mapAttrsToList (name: b: {
+        assertion = b.servers != [ ];
+        message = "services.sniEdge.settings.backends.${name}.servers must not be empty.";
+      }) cfg.settings.backends;
+
+    warnings =
+      lib.optional
+        (
+          lib.any (r: r.acme_backend != null) cfg.settings.routes
+          && !lib.any (l: l.protocol == "http") cfg.settings.listeners
+        )
+        "services.sniEdge: a route has an acme_backend but no listener has protocol = \"http\", so ACME http-01 challenges never reach it.";
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall listenerPorts;
+
+    environment.etc."sni-edge/config.json".source = validatedFile;
+
+    systemd.services.sni-edge = {
+      description = "sni-edge TLS gateway";
+      documentation = [ "https://github.com/sni-edge/sni-edge" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      # A changed config is reloaded (SIGHUP, connections stay up); a changed
+      # package or unit is restarted. Only this trigger differs between two
+      # generations whose settings differ.
+      reloadTriggers = [ validatedFile ];
+
+      serviceConfig = {
+        Type = if sdNotify then "notify" else "simple";
+        NotifyAccess = lib.mkIf sdNotify "main";
+        ExecStart = "${lib.getExe cfg.package} run --config ${configPath}";
+        # Check first, like nixpkgs' haproxy module: a config that does not
+        # pass is reported by `systemctl reload` and never reaches the gateway
+        # (which would also keep its old config, but silently).
+        ExecReload = [
+          "${lib.getExe cfg.package} check --config ${configPath}"
+          "${pkgs.coreutils}/bin/kill -HUP $MAINPID"
+        ];
+        Restart = "on-failure";
+        RestartSec = "2s";
+
+        # Hardening, after nixpkgs' rathole module.
+        DynamicUser = true;
+        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
+        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
+        NoNewPrivileges = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        PrivateDevices = true;
+        PrivateMounts = true;
+        PrivateTmp = true;
+        # PrivateUsers = true would break AmbientCapabilities=CAP_NET_BIND_SERVICE.
+        ProcSubset = "pid";
+        ProtectClock = true;
+        ProtectControlGroups = true;
+        ProtectHome = true;
+        ProtectHostname = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        ProtectKernelTunables = true;
+        ProtectProc = "invisible";
+        ProtectSystem = "strict";
+        RemoveIPC = true;
+        # AF_UNIX: journald, nscd for DNS names of backend servers, sd_notify.
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        UMask = "0077";
+        # Two descriptors per relayed connection.
+        LimitNOFILE = 1048576;
+      };
+    };
+  };
+}

@@ -1,0 +1,232 @@
+# The gateway module end to end: a client on the public network (vlan 1), the
+# sni-edge gateway on both networks, and a backend on the home network (vlan 2)
+# running nginx that reads the PROXY header and believes it only from the
+# gateway. Run by the flake as checks.<system>.vm-gateway, with the flake's
+# modules on every node.
+{ pkgs, lib, ... }:
+
+let
+  gatewayPublic = "198.51.100.1";
+  gatewayHome = "192.0.2.1";
+  clientAddress = "198.51.100.10";
+  backendAddress = "192.0.2.20";
+
+  # A CA and one server certificate, made at build time: nothing from outside.
+  certs = pkgs.runCommand "sni-edge-test-certs" { nativeBuildInputs = [ pkgs.openssl ]; } ''
+    mkdir $out && cd $out
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=sni-edge test CA" -keyout ca.key -out ca.pem \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=app.example.test" -keyout server.key -out server.csr
+    printf '%s\n' "subjectAltName=DNS:app.example.test,DNS:*.kube.example.test,DNS:new.example.test" \
+      "extendedKeyUsage=serverAuth" > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem
+    openssl verify -CAfile ca.pem server.pem
+  '';
+
+  address = interface: ip: {
+    networking.interfaces.${interface}.ipv4.addresses = lib.mkForce [
+      {
+        address = ip;
+        prefixLength = 24;
+      }
+    ];
+  };
+
+  route = names: {
+    name = "cluster";
+    inherit names;
+    backend = "cluster-https";
+    acme_backend = "cluster-http";
+  };
+in
+{
+  name = "sni-edge-gateway";
+
+  nodes = {
+    client = {
+      imports = [ (address "eth1" clientAddress) ];
+      virtualisation.vlans = [ 1 ];
+    };
+
+    gateway = {
+      imports = [
+        (address "eth1" gatewayPublic)
+        (address "eth2" gatewayHome)
+      ];
+      virtualisation.vlans = [
+        1
+        2
+      ];
+
+      services.sniEdge = {
+        enable = true;
+        openFirewall = true;
+        settings = {
+          routes = [
+            (route [
+              "app.example.test"
+              "*.kube.example.test"
+            ])
+          ];
+          backends = {
+            cluster-https = {
+              servers = [ "${backendAddress}:443" ];
+              proxy_protocol = "v2";
+            };
+            cluster-http = {
+              servers = [ "${backendAddress}:80" ];
+              proxy_protocol = "v1";
+            };
+          };
+        };
+      };
+
+      # Switched to in the reload subtest: one more allowed name.
+      specialisation.more-names.configuration = {
+        services.sniEdge.settings.routes = lib.mkForce [
+          (route [
+            "app.example.test"
+            "*.kube.example.test"
+            "new.example.test"
+          ])
+        ];
+      };
+    };
+
+    backend = {
+      imports = [ (address "eth1" backendAddress) ];
+      virtualisation.vlans = [ 2 ];
+      networking.firewall.allowedTCPPorts = [
+        80
+        443
+      ];
+
+      services.nginx = {
+        enable = true;
+        # $remote_addr becomes the address in the PROXY header only for
+        # connections from the gateway; $realip_remote_addr is the TCP peer.
+        appendHttpConfig = ''
+          set_real_ip_from ${gatewayHome};
+          real_ip_header proxy_protocol;
+        '';
+        virtualHosts."app.example.test" = {
+          serverAliases = [
+            "*.kube.example.test"
+            "new.example.test"
+          ];
+          onlySSL = true;
+          sslCertificate = "${certs}/server.pem";
+          sslCertificateKey = "${certs}/server.key";
+          listen = [
+            {
+              addr = "0.0.0.0";
+              port = 443;
+              ssl = true;
+              proxyProtocol = true;
+            }
+          ];
+          locations."/".return = ''200 "client=$remote_addr via=$realip_remote_addr sni=$ssl_server_name\n"'';
+        };
+        virtualHosts.acme = {
+          serverName = "_";
+          default = true;
+          listen = [
+            {
+              addr = "0.0.0.0";
+              port = 80;
+              proxyProtocol = true;
+            }
+          ];
+          locations."/.well-known/acme-challenge/".return = ''200 "acme $uri client=$remote_addr via=$realip_remote_addr\n"'';
+        };
+      };
+    };
+  };
+
+  testScript =
+    { nodes, ... }:
+    let
+      moreNames = "${nodes.gateway.system.build.toplevel}/specialisation/more-names";
+    in
+    ''
+      def https(name, extra=""):
+          return (
+              "curl --fail --silent --show-error --max-time 10"
+              f" --resolve {name}:443:${gatewayPublic} --cacert ${certs}/ca.pem {extra}"
+              f" https://{name}/"
+          )
+
+      def http(name, path, extra=""):
+          return (
+              "curl --silent --show-error --max-time 10"
+              f" --resolve {name}:80:${gatewayPublic} {extra} 'http://{name}{path}'"
+          )
+
+      def main_pid():
+          return gateway.succeed("systemctl show --property MainPID --value sni-edge.service").strip()
+
+      start_all()
+      backend.wait_for_unit("nginx.service")
+      backend.wait_for_open_port(443)
+      backend.wait_for_open_port(80)
+      gateway.wait_for_unit("sni-edge.service")
+      gateway.wait_for_open_port(443)
+      gateway.wait_for_open_port(80)
+      client.wait_for_unit("multi-user.target")
+
+      with subtest("an allowed name reaches the backend, which sees the client's address"):
+          out = client.succeed(https("app.example.test"))
+          t.assertIn("client=${clientAddress} via=${gatewayHome} sni=app.example.test", out)
+
+      with subtest("names under *.kube.example.test are allowed, at any depth"):
+          out = client.succeed(https("x.kube.example.test"))
+          t.assertIn("client=${clientAddress} via=${gatewayHome} sni=x.kube.example.test", out)
+          # The certificate's wildcard covers one label only, hence --insecure.
+          out = client.succeed(https("a.b.kube.example.test", "--insecure"))
+          t.assertIn("sni=a.b.kube.example.test", out)
+
+      with subtest("other names, the bare suffix and no SNI at all get nothing"):
+          for name in ["evil.example.test", "kube.example.test", "new.example.test", "xkube.example.test"]:
+              client.fail(https(name))
+          client.fail("curl --fail --silent --max-time 10 --insecure https://${gatewayPublic}/")
+          gateway.succeed("journalctl -u sni-edge.service | grep -F evil.example.test")
+
+      with subtest("port 80 redirects allowed names to https and refuses others"):
+          out = client.succeed(http("app.example.test", "/path?q=1", "-o /dev/null -w '%{http_code} %{redirect_url}'"))
+          t.assertEqual(out.strip(), "308 https://app.example.test/path?q=1")
+          out = client.succeed(http("evil.example.test", "/", "-o /dev/null -w '%{http_code}'"))
+          t.assertEqual(out.strip(), "421")
+
+      with subtest("ACME http-01 challenges reach the backend, with the client's address"):
+          out = client.succeed(http("app.example.test", "/.well-known/acme-challenge/token-42", "--fail"))
+          t.assertIn("acme /.well-known/acme-challenge/token-42 client=${clientAddress} via=${gatewayHome}", out)
+          out = client.succeed(http("x.kube.example.test", "/.well-known/acme-challenge/token-43", "--fail"))
+          t.assertIn("client=${clientAddress}", out)
+          client.fail(http("evil.example.test", "/.well-known/acme-challenge/token-44", "--fail"))
+
+      with subtest("the backend believes a PROXY header only from the gateway"):
+          # A forged PROXY header from a host that is not the gateway.
+          out = backend.succeed(
+              "curl --fail --silent --show-error --max-time 10"
+              " --haproxy-protocol --haproxy-clientip 203.0.113.7"
+              " http://127.0.0.1/.well-known/acme-challenge/forged"
+          )
+          t.assertIn("client=127.0.0.1", out)
+          t.assertNotIn("203.0.113.7", out)
+
+      with subtest("a config change reloads the gateway, it is not restarted"):
+          pid = main_pid()
+          client.fail(https("new.example.test"))
+          gateway.succeed("${moreNames}/bin/switch-to-configuration test >&2")
+          client.wait_until_succeeds(https("new.example.test"), timeout=60)
+          out = client.succeed(https("new.example.test"))
+          t.assertIn("client=${clientAddress} via=${gatewayHome} sni=new.example.test", out)
+          t.assertEqual(main_pid(), pid)
+          gateway.succeed("journalctl -u sni-edge.service | grep -q -i reloaded")
+          gateway.fail("journalctl -u sni-edge.service | grep -q -i stopped")
+          client.succeed(https("app.example.test"))
+    '';
+}

@@ -1,0 +1,250 @@
+# The whole path of seed 003: a client on the public network (vlan 1), the
+# sni-edge gateway, and a k3s server (vlan 2) with its bundled Traefik and
+# ServiceLB, configured by services.sniEdge.k3sTrust. A small echo service
+# (traefik/whoami, deployed by manifest) reports the request as Traefik passes
+# it on; it must carry the client's own address. Images come from the k3s
+# package's airgap images and a local image, pulled never.
+{ pkgs, lib, ... }:
+
+let
+  gatewayPublic = "198.51.100.1";
+  gatewayHome = "192.0.2.1";
+  clientAddress = "198.51.100.10";
+  nodeAddress = "192.0.2.20";
+
+  certs = pkgs.runCommand "sni-edge-k3s-test-certs" { nativeBuildInputs = [ pkgs.openssl ]; } ''
+    mkdir $out && cd $out
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=sni-edge test CA" -keyout ca.key -out ca.pem \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=app.example.test" -keyout server.key -out server.csr
+    printf '%s\n' "subjectAltName=DNS:app.example.test" "extendedKeyUsage=serverAuth" > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem
+    openssl verify -CAfile ca.pem server.pem
+  '';
+
+  whoamiImage = pkgs.dockerTools.buildImage {
+    name = "test.local/whoami";
+    tag = "local";
+    copyToRoot = [ pkgs.whoami ];
+    config.Entrypoint = [ "/bin/whoami" ];
+  };
+
+  labels."app.kubernetes.io/name" = "whoami";
+
+  address = interface: ip: {
+    networking.interfaces.${interface}.ipv4.addresses = lib.mkForce [
+      {
+        address = ip;
+        prefixLength = 24;
+      }
+    ];
+  };
+in
+{
+  name = "sni-edge-k3s";
+
+  nodes = {
+    client = {
+      imports = [ (address "eth1" clientAddress) ];
+      virtualisation.vlans = [ 1 ];
+    };
+
+    gateway = {
+      imports = [
+        (address "eth1" gatewayPublic)
+        (address "eth2" gatewayHome)
+      ];
+      virtualisation.vlans = [
+        1
+        2
+      ];
+      services.sniEdge = {
+        enable = true;
+        openFirewall = true;
+        settings = {
+          routes = [
+            {
+              names = [ "app.example.test" ];
+              backend = "traefik-https";
+              acme_backend = "traefik-http";
+            }
+          ];
+          backends = {
+            traefik-https = {
+              servers = [ "${nodeAddress}:443" ];
+              proxy_protocol = "v2";
+            };
+            traefik-http = {
+              servers = [ "${nodeAddress}:80" ];
+              proxy_protocol = "v1";
+            };
+          };
+        };
+      };
+    };
+
+    node =
+      { config, pkgs, ... }:
+      {
+        imports = [ (address "eth1" nodeAddress) ];
+        virtualisation.vlans = [ 2 ];
+        # As nixpkgs' own k3s tests (nixos/tests/rancher/default.nix).
+        virtualisation = {
+          memorySize = 2048;
+          diskSize = 4096;
+          cores = 2;
+        };
+        environment.systemPackages = [ pkgs.kubectl ];
+        environment.sessionVariables.KUBECONFIG = "/etc/rancher/k3s/k3s.yaml";
+        networking.firewall.enable = false;
+
+        services.k3s = {
+          enable = true;
+          role = "server";
+          nodeIP = nodeAddress;
+          # Traefik and ServiceLB stay on: they are what this test is about.
+          disable = [
+            "coredns"
+            "local-storage"
+            "metrics-server"
+          ];
+          # The test driver's default route is on eth0; the cluster lives on eth1.
+          extraFlags = [ "--flannel-iface eth1" ];
+          images = [
+            config.services.k3s.package.airgap-images
+            whoamiImage
+          ];
+          manifests.whoami.content = [
+            {
+              apiVersion = "apps/v1";
+              kind = "Deployment";
+              metadata.name = "whoami";
+              spec = {
+                selector.matchLabels = labels;
+                template = {
+                  metadata = { inherit labels; };
+                  spec.containers = [
+                    {
+                      name = "whoami";
+                      image = "${whoamiImage.imageName}:${whoamiImage.imageTag}";
+                      imagePullPolicy = "Never";
+                      ports = [ { containerPort = 80; } ];
+                    }
+                  ];
+                };
+              };
+            }
+            {
+              apiVersion = "v1";
+              kind = "Service";
+              metadata.name = "whoami";
+              spec = {
+                selector = labels;
+                ports = [
+                  {
+                    port = 80;
+                    targetPort = 80;
+                  }
+                ];
+              };
+            }
+            {
+              apiVersion = "networking.k8s.io/v1";
+              kind = "Ingress";
+              metadata.name = "whoami";
+              spec = {
+                ingressClassName = "traefik";
+                tls = [
+                  {
+                    hosts = [ "app.example.test" ];
+                    secretName = "app-tls";
+                  }
+                ];
+                rules = [
+                  {
+                    host = "app.example.test";
+                    http.paths = [
+                      {
+                        path = "/";
+                        pathType = "Prefix";
+                        backend.service = {
+                          name = "whoami";
+                          port.number = 80;
+                        };
+                      }
+                    ];
+                  }
+                ];
+              };
+            }
+          ];
+        };
+
+        services.sniEdge.k3sTrust = {
+          enable = true;
+          gatewayAddresses = [ gatewayHome ];
+        };
+      };
+  };
+
+  testScript = ''
+    https = (
+        "curl --fail --silent --show-error --max-time 10"
+        " --resolve app.example.test:443:${gatewayPublic} --cacert ${certs}/ca.pem"
+        " https://app.example.test/"
+    )
+    acme = (
+        "curl --fail --silent --show-error --max-time 10"
+        " --resolve app.example.test:80:${gatewayPublic}"
+        " http://app.example.test/.well-known/acme-challenge/token-k3s"
+    )
+
+    start_all()
+    gateway.wait_for_unit("sni-edge.service")
+    node.wait_for_unit("k3s.service")
+    node.wait_until_succeeds("kubectl get node node", timeout=300)
+    node.succeed("kubectl wait --timeout=300s --for=condition=Ready node/node")
+
+    with subtest("Traefik is installed with the values of services.sniEdge.k3sTrust"):
+        node.wait_until_succeeds("kubectl -n kube-system rollout status deployment traefik", timeout=600)
+        node.wait_until_succeeds(
+            "kubectl -n kube-system get deployment traefik -o json"
+            " | grep -F 'websecure.proxyProtocol.trustedIPs=${gatewayHome}/32'",
+            timeout=120,
+        )
+        node.succeed(
+            "kubectl -n kube-system get deployment traefik -o json"
+            " | grep -F 'web.proxyProtocol.trustedIPs=${gatewayHome}/32'"
+        )
+        policy = node.succeed("kubectl -n kube-system get service traefik -o jsonpath='{.spec.externalTrafficPolicy}'")
+        t.assertEqual(policy.strip(), "Local")
+
+    with subtest("the echo service is up behind Traefik"):
+        node.succeed(
+            "kubectl create secret tls app-tls"
+            " --cert=${certs}/server.pem --key=${certs}/server.key"
+        )
+        node.wait_until_succeeds("kubectl rollout status deployment whoami", timeout=300)
+
+    with subtest("the client reaches the service by name through the gateway and is seen as itself"):
+        client.wait_until_succeeds(https, timeout=300)
+        # whoami prints the request's headers one per line, as Traefik sent them.
+        lines = client.succeed(https).splitlines()
+        t.assertIn("X-Real-Ip: ${clientAddress}", lines)
+        t.assertIn("X-Forwarded-For: ${clientAddress}", lines)
+
+    with subtest("ACME http-01 on port 80 reaches the service with the client's address too"):
+        lines = client.succeed(acme).splitlines()
+        t.assertIn("GET /.well-known/acme-challenge/token-k3s HTTP/1.1", lines)
+        t.assertIn("X-Real-Ip: ${clientAddress}", lines)
+
+    with subtest("other names get nothing"):
+        client.fail(
+            "curl --fail --silent --max-time 10 --insecure"
+            " --resolve evil.example.test:443:${gatewayPublic} https://evil.example.test/"
+        )
+  '';
+}
