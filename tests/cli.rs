@@ -56,3 +56,17 @@ fn help_explains_the_commands() {
         assert!(help.contains(word), "--help does not mention {word}:\n{help}");
     }
 }
+
+#[test]
+fn the_readme_config_example_passes_check() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme.split("```json\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(!blocks.is_empty(), "the README has no JSON example");
+    for (i, block) in blocks.iter().enumerate() {
+        let path = std::env::temp_dir().join(format!("sni-edge-readme-{}-{i}.json", std::process::id()));
+        std::fs::write(&path, block).unwrap();
+        let (ok, _, stderr) = check(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert!(ok, "README JSON block {i} is refused: {stderr}");
+    }
+}
