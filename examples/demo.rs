@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let config = Config::load(&config_path)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let listeners = runtime.block_on(async { server::bind_all(&config) })?;
+    let listeners = runtime.block_on(async { server::bind_all(&config, Default::default()) })?;
     let (control, requests) = tokio::sync::mpsc::channel(1);
     let gateway = runtime.spawn(server::run(Some(config_path.clone()), config, listeners, requests));
     println!(

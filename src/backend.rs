@@ -1,6 +1,8 @@
 //! Backends: a named group of servers, how one is picked, and connecting to
 //! it with a timeout and a retry on the next server.
 
+use crate::health::HealthCheck;
+use crate::metrics::Metrics;
 use crate::names::{HostName, Requested};
 use crate::proxy_header;
 use serde::Deserialize;
@@ -8,7 +10,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -49,7 +51,7 @@ impl ServerAddress {
         }
     }
 
-    async fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+    pub async fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
         match self {
             ServerAddress::Ip(addr) => Ok(vec![*addr]),
             ServerAddress::Dns(host, port) => Ok(tokio::net::lookup_host((host.as_str(), *port)).await?.collect()),
@@ -71,11 +73,17 @@ pub struct Server {
     pub address: ServerAddress,
     pub max_connections: Option<u32>,
     active: Arc<AtomicUsize>,
+    /// Cleared by the health checker while the server fails its checks.
+    pub up: AtomicBool,
 }
 
 impl Server {
     pub fn new(address: ServerAddress, max_connections: Option<u32>) -> Server {
-        Server { address, max_connections, active: Arc::default() }
+        Server { address, max_connections, active: Arc::default(), up: AtomicBool::new(true) }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
     }
 
     /// Takes a connection slot, or `None` when the server is at its maximum.
@@ -104,6 +112,7 @@ pub struct Backend {
     pub proxy_protocol: proxy_header::Version,
     pub balance: Balance,
     pub connect_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
     next: AtomicUsize,
 }
 
@@ -118,6 +127,8 @@ pub struct Upstream {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    #[error("every server of backend {backend} fails its health checks")]
+    AllDown { backend: String },
     #[error("every server of backend {backend} is at max_connections")]
     Full { backend: String },
     #[error("no server of backend {backend} answered (last: {server}: {error})")]
@@ -131,14 +142,28 @@ impl Backend {
         proxy_protocol: proxy_header::Version,
         balance: Balance,
         connect_timeout: Duration,
+        health_check: Option<HealthCheck>,
     ) -> Backend {
-        Backend { name, servers, proxy_protocol, balance, connect_timeout, next: AtomicUsize::new(0) }
+        Backend { name, servers, proxy_protocol, balance, connect_timeout, health_check, next: AtomicUsize::new(0) }
+    }
+
+    /// Takes over the health state of the same servers in the config being
+    /// replaced, so a reload does not send traffic to a server known to be down.
+    pub fn keep_health_of(&self, old: &Backend) {
+        for server in &self.servers {
+            if let Some(previous) = old.servers.iter().find(|s| s.address == server.address) {
+                server.up.store(previous.is_up(), Ordering::Release);
+            }
+        }
     }
 
     /// Connects to a server: starting where the balance policy says, then
     /// each following one in turn, so one dead server costs a client at most
     /// one connect timeout.
-    pub async fn connect(&self, client: IpAddr) -> Result<Upstream, ConnectError> {
+    pub async fn connect(&self, client: IpAddr, metrics: &Metrics) -> Result<Upstream, ConnectError> {
+        if !self.servers.iter().any(Server::is_up) {
+            return Err(ConnectError::AllDown { backend: self.name.clone() });
+        }
         let n = self.servers.len();
         let start = match self.balance {
             Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
@@ -149,13 +174,17 @@ impl Backend {
             }
         };
         let mut last = None;
-        for server in (0..n).map(|i| &self.servers[(start + i) % n]) {
+        for server in (0..n).map(|i| &self.servers[(start + i) % n]).filter(|s| s.is_up()) {
             let Some(slot) = server.take_slot() else { continue };
+            let labels = Metrics::server_labels(&self.name, &server.address.to_string());
+            let started = std::time::Instant::now();
             match self.connect_one(server).await {
                 Ok((stream, address)) => {
-                    return Ok(Upstream { stream, server: server.address.to_string(), address, _slot: slot })
+                    metrics.connect_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                    return Ok(Upstream { stream, server: server.address.to_string(), address, _slot: slot });
                 }
                 Err(error) => {
+                    metrics.connect_failures.get_or_create(&labels).inc();
                     tracing::debug!(backend = %self.name, server = %server.address, %error, "connect failed");
                     last = Some((server.address.to_string(), error));
                 }

@@ -6,6 +6,7 @@
 //! serde_path_to_error) and for checks, the file and line for names files.
 
 use crate::backend::{Backend, Balance, Server, ServerAddress};
+use crate::health::HealthCheck;
 use crate::names::{Matcher, Pattern};
 use crate::proxy_header;
 use ipnet::IpNet;
@@ -74,6 +75,8 @@ struct RawBackend {
     balance: Balance,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(default)]
+    health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,7 +451,29 @@ impl RawBackend {
             }
             servers.push(Server::new(address, max_connections));
         }
-        Ok(Backend::new(name.to_owned(), servers, self.proxy_protocol, self.balance, self.connect_timeout))
+        if let Some(check) = &self.health_check {
+            let place = format!("{place}.health_check");
+            if check.interval.is_zero() || check.timeout.is_zero() {
+                return Err(error(place, "interval and timeout must be longer than zero"));
+            }
+            if check.rise == 0 || check.fall == 0 {
+                return Err(error(place, "rise and fall must be at least 1"));
+            }
+            if let Some(name) = &check.server_name {
+                Pattern::parse(name)
+                    .ok()
+                    .filter(|p| matches!(p, Pattern::Exact(_)))
+                    .ok_or_else(|| error(format!("{place}.server_name"), format!("{name:?} is not a host name")))?;
+            }
+        }
+        Ok(Backend::new(
+            name.to_owned(),
+            servers,
+            self.proxy_protocol,
+            self.balance,
+            self.connect_timeout,
+            self.health_check,
+        ))
     }
 }
 

@@ -5,13 +5,10 @@
 //! keeps this listener free of keep-alive state; browsers follow a redirect
 //! on a new connection anyway.
 
-use crate::config::{Config, Listener};
-use crate::forward::forward;
+use crate::forward::{forward, Connection};
 use crate::inbound::{addresses, read_until};
 use crate::names::{HostName, Requested};
 use crate::outcome::{Refusal, Served};
-use crate::relay::Counters;
-use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -74,16 +71,14 @@ fn is_acme_token_path(path: &str) -> bool {
 
 pub async fn serve(
     stream: &mut TcpStream,
-    peer: SocketAddr,
-    listener: &Listener,
-    config: &Config,
-    counters: &Counters,
+    cx: &Connection<'_>,
     handshake_done: impl FnOnce(),
 ) -> Result<Served, Refusal> {
+    let config = cx.config;
     let started = Instant::now();
     let deadline = started + config.timeouts.http_request;
     let mut buf = Vec::new();
-    let (client, local) = addresses(stream, peer, listener, &mut buf, deadline, started).await?;
+    let addresses = addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started).await?;
     let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await
     {
         Ok(request) => request,
@@ -104,7 +99,7 @@ pub async fn serve(
     let Some(route) = config.route_for(&name) else {
         return answer(stream, 421, None, Refusal::UnknownName(name.to_string())).await;
     };
-    tracing::Span::current().record("route", display(&route.name));
+    cx.routed(&route.name);
     if !request.path.starts_with('/') {
         return answer(stream, 400, None, Refusal::BadRequest("request target is not a path")).await;
     }
@@ -113,7 +108,7 @@ pub async fn serve(
             if !is_acme_token_path(&request.path) {
                 return answer(stream, 400, None, Refusal::BadRequest("not an ACME token path")).await;
             }
-            return forward(stream, client, local, backend, &buf, config.timeouts.idle, counters).await;
+            return forward(stream, cx, addresses, backend, &buf).await;
         }
     }
     let location = format!("https://{name}{}", request.path);

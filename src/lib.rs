@@ -14,18 +14,23 @@
 //! [`forward`] does 5 to 7 for both listeners; [`tls`] and [`http`] are the
 //! two listeners' paths (the HTTP one redirects, or forwards ACME
 //! challenges). [`config`] reads the file once into checked types;
-//! [`outcome`] is how every connection ends, for logs and metrics.
+//! [`outcome`] is how every connection ends, for logs and [`metrics`];
+//! [`health`] takes failing servers out of rotation; [`systemd`] speaks the
+//! notify and socket-activation protocols.
 
 pub mod backend;
 pub mod config;
 pub mod forward;
+pub mod health;
 pub mod hello;
 pub mod http;
 pub mod inbound;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod outcome;
 pub mod proxy_header;
 pub mod relay;
 pub mod server;
+pub mod systemd;
 pub mod tls;

@@ -78,7 +78,9 @@ fn run(path: PathBuf, log_level: Option<LogLevel>) -> anyhow::Result<()> {
     sni_edge::logging::init(log_level.unwrap_or(config.log.level), config.log.format)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let listeners = server::bind_all(&config)?;
+        // Sockets from a systemd socket unit, if any, are used for their addresses.
+        let inherited = sni_edge::systemd::inherited_listeners().context("taking sockets from systemd")?;
+        let listeners = server::bind_all(&config, inherited)?;
         let (control, requests) = mpsc::channel(8);
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;

@@ -72,6 +72,7 @@ impl Refusal {
             Refusal::ClosedEarly => "closed_early",
             Refusal::TooLarge(_) => "too_large",
             Refusal::Backend(ConnectError::Full { .. }) => "backend_full",
+            Refusal::Backend(ConnectError::AllDown { .. }) => "backend_unhealthy",
             Refusal::Backend(ConnectError::Failed { .. }) => "backend_down",
             Refusal::Limit(Limit::Connections) => "limit_connections",
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",

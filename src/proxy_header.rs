@@ -47,6 +47,17 @@ pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
     }
 }
 
+/// The header of a connection the gateway makes on its own behalf (a health
+/// check): v2's LOCAL command, v1's UNKNOWN. The backend keeps the socket's
+/// addresses for it.
+pub fn encode_local(version: Version) -> Vec<u8> {
+    match version {
+        Version::None => Vec::new(),
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0x00, 0x00, 0x00]].concat(),
+    }
+}
+
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; every other address is kept.
 pub fn unmap(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
@@ -204,6 +215,15 @@ mod tests {
                 assert_eq!(parse(&bytes), Ok(Some(Inbound { len, addresses: Some((addr(client), addr(local))) })));
             }
         }
+    }
+
+    #[test]
+    fn local_headers_read_back_as_local() {
+        for version in [Version::V1, Version::V2] {
+            let bytes = encode_local(version);
+            assert_eq!(parse(&bytes), Ok(Some(Inbound { len: bytes.len(), addresses: None })), "{version:?}");
+        }
+        assert!(encode_local(Version::None).is_empty());
     }
 
     #[test]

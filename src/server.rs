@@ -6,10 +6,12 @@
 //! are never closed by a reload.
 
 use crate::config::{Config, Listener, Protocol};
+use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
+use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served};
 use crate::relay::Counters;
-use crate::{http, tls};
+use crate::{health, http, systemd, tls};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -48,17 +50,25 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Binds every listener of a config.
-pub fn bind_all(config: &Config) -> io::Result<HashMap<SocketAddr, TcpListener>> {
-    config
-        .listeners
-        .iter()
-        .map(|l| {
-            bind(l.address)
-                .map(|socket| (l.address, socket))
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.address)))
-        })
-        .collect()
+/// Every listener of a config: a socket passed by systemd for its address
+/// if there is one (socket activation), else a new one.
+pub fn bind_all(
+    config: &Config,
+    mut inherited: HashMap<SocketAddr, std::net::TcpListener>,
+) -> io::Result<HashMap<SocketAddr, TcpListener>> {
+    let mut listeners = HashMap::new();
+    for listener in &config.listeners {
+        let socket = match inherited.remove(&listener.address) {
+            Some(socket) => TcpListener::from_std(socket)?,
+            None => bind(listener.address)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", listener.address)))?,
+        };
+        listeners.insert(listener.address, socket);
+    }
+    for address in inherited.keys() {
+        tracing::warn!(%address, "systemd passed a socket that no listener in the config uses; closing it");
+    }
+    Ok(listeners)
 }
 
 /// State shared by all connections across reloads.
@@ -70,11 +80,72 @@ struct Shared {
     connections: TaskTracker,
     /// Cancelled when the drain deadline passes: every connection closes.
     cut: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 struct AcceptLoop {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What belongs to one config generation and is replaced by a reload.
+struct Generation {
+    health: CancellationToken,
+    metrics_endpoint: Option<metrics::Endpoint>,
+}
+
+impl Generation {
+    /// Starts the health checkers of `config`, and the metrics endpoint on
+    /// `metrics_socket` if a new one was bound; stops what `previous` ran
+    /// that is not kept.
+    fn start(
+        config: &Config,
+        shared: &Shared,
+        previous: Option<Generation>,
+        metrics_socket: Option<TcpListener>,
+    ) -> Generation {
+        let health = CancellationToken::new();
+        health::spawn_all(config, &shared.metrics, &health);
+        let mut metrics_endpoint = None;
+        if let Some(previous) = previous {
+            previous.health.cancel();
+            match previous.metrics_endpoint {
+                Some(endpoint) if metrics_socket.is_none() && config.metrics.is_some() => {
+                    metrics_endpoint = Some(endpoint);
+                }
+                Some(endpoint) => endpoint.stop.cancel(),
+                None => {}
+            }
+        }
+        if let Some(socket) = metrics_socket {
+            let stop = CancellationToken::new();
+            let address = socket
+                .local_addr()
+                .unwrap_or_else(|_| config.metrics.as_ref().map_or(([0, 0, 0, 0], 0).into(), |m| m.address));
+            tracing::info!(%address, "serving metrics");
+            tokio::spawn(metrics::serve(socket, shared.metrics.clone(), stop.clone()));
+            metrics_endpoint = Some(metrics::Endpoint { address, stop });
+        }
+        Generation { health, metrics_endpoint }
+    }
+
+    /// The metrics socket `config` needs that is not open yet.
+    fn bind_metrics(&self, config: &Config) -> io::Result<Option<TcpListener>> {
+        match (&config.metrics, &self.metrics_endpoint) {
+            (Some(wanted), Some(running)) if wanted.address == running.address => Ok(None),
+            (Some(wanted), _) => bind(wanted.address)
+                .map(Some)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot serve metrics on {}: {e}", wanted.address))),
+            (None, _) => Ok(None),
+        }
+    }
+
+    fn stop(self) {
+        self.health.cancel();
+        if let Some(endpoint) = self.metrics_endpoint {
+            endpoint.stop.cancel();
+        }
+    }
 }
 
 /// Runs the gateway on already-bound listeners until `Control::Shutdown`
@@ -86,30 +157,47 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
+    let none = Generation { health: CancellationToken::new(), metrics_endpoint: None };
+    let metrics_socket = none.bind_metrics(&config)?;
+    let mut generation = Generation::start(&config, &shared, None, metrics_socket);
+    shared.metrics.reload(true);
     let (current, _) = watch::channel(Arc::new(config));
     let mut loops: HashMap<SocketAddr, AcceptLoop> = HashMap::new();
     for (address, socket) in listeners {
         tracing::info!(%address, "listening");
         loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
     }
+    systemd::ready("accepting connections");
 
     while let Some(Control::Reload) = control.recv().await {
         let Some(path) = &config_path else {
             tracing::warn!("reload asked, but the config was not read from a file");
             continue;
         };
-        match reload(path, &current, &mut loops, &shared) {
-            Ok(()) => tracing::info!(config = %path.display(), "reloaded"),
-            Err(e) => tracing::error!(config = %path.display(), "reload failed, keeping the running config: {e:#}"),
+        systemd::reloading();
+        match reload(path, &current, &mut loops, &shared, &generation) {
+            Ok(metrics_socket) => {
+                let config = current.borrow().clone();
+                generation = Generation::start(&config, &shared, Some(generation), metrics_socket);
+                shared.metrics.reload(true);
+                tracing::info!(config = %path.display(), "reloaded");
+            }
+            Err(e) => {
+                shared.metrics.reload(false);
+                tracing::error!(config = %path.display(), "reload failed, keeping the running config: {e:#}");
+            }
         }
+        systemd::ready("accepting connections");
     }
 
+    systemd::stopping();
     let drain = current.borrow().timeouts.shutdown;
     tracing::info!(active = shared.active.load(Ordering::Relaxed), ?drain, "stopping: no new connections");
     for (_, accept) in loops.drain() {
         accept.stop.cancel();
         let _ = accept.task.await;
     }
+    generation.stop();
     shared.connections.close();
     if tokio::time::timeout(drain, shared.connections.wait()).await.is_err() {
         tracing::warn!(remaining = shared.active.load(Ordering::Relaxed), "drain deadline passed, closing the rest");
@@ -120,22 +208,34 @@ pub async fn run(
     Ok(())
 }
 
-/// Loads the new config and switches to it, or changes nothing.
+/// Loads the new config and switches to it, or changes nothing. Returns the
+/// metrics socket the new config needs, if it moved.
 fn reload(
     path: &Path,
     current: &watch::Sender<Arc<Config>>,
     loops: &mut HashMap<SocketAddr, AcceptLoop>,
     shared: &Arc<Shared>,
-) -> anyhow::Result<()> {
+    generation: &Generation,
+) -> anyhow::Result<Option<TcpListener>> {
     let config = Config::load(path)?;
     // Bind every new address before touching anything, so a port that is
     // taken fails the reload as a whole.
+    let metrics_socket = generation.bind_metrics(&config)?;
     let mut opened = HashMap::new();
     for listener in &config.listeners {
         if !loops.contains_key(&listener.address) {
             let socket =
                 bind(listener.address).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
             opened.insert(listener.address, socket);
+        }
+    }
+    // A server known to be down stays down until its checks say otherwise.
+    {
+        let old = current.borrow();
+        for backend in &config.backends {
+            if let Some(previous) = old.backends.iter().find(|b| b.name == backend.name) {
+                backend.keep_health_of(previous);
+            }
         }
     }
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
@@ -152,7 +252,7 @@ fn reload(
         tracing::info!(%address, "listening");
         loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
     }
-    Ok(())
+    Ok(metrics_socket)
 }
 
 fn spawn_accept_loop(
@@ -202,7 +302,8 @@ async fn accept_loop(
     }
 }
 
-/// One connection: admission, the protocol's data path, one log line.
+/// One connection: admission, the protocol's data path, one log line and
+/// the metrics, from the same outcome.
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -214,18 +315,27 @@ async fn connection(
     async move {
         let started = Instant::now();
         let counters = Counters::default();
+        let metrics = &shared.metrics;
+        let cx = Connection {
+            peer,
+            listener: &listener,
+            config: &config,
+            counters: &counters,
+            metrics,
+            route: Default::default(),
+        };
+        metrics.active.inc();
         let result = match Admission::new(&shared, &config, &listener, peer) {
             Err(limit) => Err(Refusal::Limit(limit)),
             Ok(admission) => {
-                let handshake_done = || admission.handshake_done();
+                let handshake_done = || {
+                    admission.handshake_done();
+                    metrics.client_hello_seconds.observe(started.elapsed().as_secs_f64());
+                };
                 let served = async {
                     match listener.protocol {
-                        Protocol::Tls => {
-                            tls::serve(&mut stream, peer, &listener, &config, &counters, handshake_done).await
-                        }
-                        Protocol::Http => {
-                            http::serve(&mut stream, peer, &listener, &config, &counters, handshake_done).await
-                        }
+                        Protocol::Tls => tls::serve(&mut stream, &cx, handshake_done).await,
+                        Protocol::Http => http::serve(&mut stream, &cx, handshake_done).await,
                     }
                 };
                 tokio::select! {
@@ -234,15 +344,32 @@ async fn connection(
                 }
             }
         };
+        metrics.active.dec();
         let up = counters.up.load(Ordering::Relaxed);
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
+        let route = cx.route.get().cloned().unwrap_or_default();
+        let outcome = match &result {
+            Ok(Served::Relayed(_)) => "relayed",
+            Ok(Served::Answered(_)) => "answered",
+            Err(_) => "refused",
+        };
+        let protocol = match listener.protocol {
+            Protocol::Tls => "tls",
+            Protocol::Http => "http",
+        };
+        metrics.connections.get_or_create(&ConnectionLabels { protocol, route: route.clone(), outcome }).inc();
+        if up + down > 0 {
+            metrics.bytes.get_or_create(&BytesLabels { route: route.clone(), direction: "up" }).inc_by(up);
+            metrics.bytes.get_or_create(&BytesLabels { route, direction: "down" }).inc_by(down);
+        }
         match result {
-            Ok(Served::Relayed(None)) => tracing::info!(outcome = "relayed", up, down, ms, "closed"),
-            Ok(Served::Relayed(Some(end))) => tracing::info!(outcome = "relayed", up, down, ms, "closed: {end}"),
-            Ok(Served::Answered(status)) => tracing::info!(outcome = "answered", status, ms, "answered"),
+            Ok(Served::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
+            Ok(Served::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
+            Ok(Served::Answered(status)) => tracing::info!(outcome, status, ms, "answered"),
             Err(refusal) => {
-                tracing::info!(outcome = "refused", reason = refusal.reason(), up, down, ms, "refused: {refusal}")
+                metrics.refusals.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
+                tracing::info!(outcome, reason = refusal.reason(), up, down, ms, "refused: {refusal}")
             }
         }
     }

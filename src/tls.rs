@@ -1,14 +1,11 @@
 //! A TLS connection, start to end: read the ClientHello, route by its name,
 //! forward. Nothing reaches a backend before the name is known and allowed.
 
-use crate::config::{Config, Listener};
-use crate::forward::forward;
+use crate::forward::{forward, Connection};
 use crate::hello;
 use crate::inbound::{addresses, read_until};
 use crate::names::Requested;
 use crate::outcome::{Refusal, Served};
-use crate::relay::Counters;
-use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -24,16 +21,14 @@ const MAX_READ: usize = hello::MAX_HELLO_LEN + 4 + 5 * (hello::MAX_HELLO_LEN / (
 
 pub async fn serve(
     stream: &mut TcpStream,
-    peer: SocketAddr,
-    listener: &Listener,
-    config: &Config,
-    counters: &Counters,
+    cx: &Connection<'_>,
     handshake_done: impl FnOnce(),
 ) -> Result<Served, Refusal> {
+    let config = cx.config;
     let started = Instant::now();
     let deadline = started + config.timeouts.client_hello;
     let mut buf = Vec::new();
-    let (client, local) = addresses(stream, peer, listener, &mut buf, deadline, started).await?;
+    let addresses = addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started).await?;
     let hello = read_until(stream, &mut buf, MAX_READ, deadline, started, hello::parse).await?;
     handshake_done();
     let name = match hello.server_name {
@@ -44,8 +39,8 @@ pub async fn serve(
     let Some(route) = config.route_for(&name) else {
         return Err(refuse(stream, Refusal::UnknownName(name.to_string())).await);
     };
-    tracing::Span::current().record("route", display(&route.name));
-    forward(stream, client, local, &route.backend, &buf, config.timeouts.idle, counters).await
+    cx.routed(&route.name);
+    forward(stream, cx, addresses, &route.backend, &buf).await
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {

@@ -14,37 +14,28 @@
 let
   sniEdge = "/stub/sni-edge/bin/sni-edge";
 
-  # A valid config that each assertion case breaks in one place.
-  base = {
-    services.sniEdge = {
-      enable = true;
-      settings = {
-        routes = [
-          {
-            name = "app";
-            names = [ "app.example.test" ];
-            backend = "https";
-            acme_backend = "http";
-          }
-        ];
-        backends = {
-          https.servers = [ "192.0.2.20:443" ];
-          http.servers = [ "192.0.2.20:80" ];
-        };
-      };
-    };
+  # Documented examples (nixos/examples/), each a valid config that the
+  # assertion cases break in one place (see `fails`).
+  seed001 = ../../nixos/examples/seed-001.nix;
+  k3sNode = ../../nixos/examples/k3s-node.nix;
+
+  # A case in which `change` makes `example` fire exactly one assertion, the
+  # one whose message contains `message`.
+  fails = message: example: change: {
+    modules = [
+      example
+      change
+    ];
+    failed = [ message ];
   };
 
-  k3sBase = {
-    services.k3s = {
-      enable = true;
-      role = "server";
-    };
-    services.sniEdge.k3sTrust = {
-      enable = true;
-      gatewayAddresses = [ "192.0.2.1" ];
-    };
-  };
+  # A route that reads its names from a file outside the Nix store.
+  outsideStore = [
+    {
+      names_file = "/etc/sni-edge/allowed-domains.txt";
+      backend = "kube";
+    }
+  ];
 
   expect = cond: problem: lib.optional (!cond) problem;
   show = v: builtins.toJSON v;
@@ -72,42 +63,48 @@ let
     ) "/etc/sni-edge/config.json is not the config file"
     ++ expect (sc.Type == "simple" && !(sc ? NotifyAccess)) "Type is ${show sc.Type}"
     ++ expect (svc.wantedBy == [ "multi-user.target" ]) "wantedBy is ${show svc.wantedBy}"
+    # Hardening: the keys that matter most by value, the other switches by name.
     ++ lib.concatLists (
       lib.mapAttrsToList (k: v: expect ((sc.${k} or null) == v) "serviceConfig.${k} is ${show (sc.${k} or null)}, want ${show v}")
         {
           DynamicUser = true;
           AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
           CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
-          NoNewPrivileges = true;
           ProtectSystem = "strict";
-          ProtectHome = true;
-          PrivateTmp = true;
-          PrivateDevices = true;
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectKernelLogs = true;
-          ProtectControlGroups = true;
-          ProtectProc = "invisible";
-          RestrictAddressFamilies = [
-            "AF_INET"
-            "AF_INET6"
-            "AF_UNIX"
-          ];
-          RestrictNamespaces = true;
-          LockPersonality = true;
-          MemoryDenyWriteExecute = true;
-          SystemCallArchitectures = "native";
           SystemCallFilter = [
             "@system-service"
             "~@privileged"
           ];
-          UMask = "0077";
-          LimitNOFILE = 1048576;
         }
+    )
+    ++ map (k: "serviceConfig.${k} is not true") (
+      lib.filter (k: (sc.${k} or null) != true) [
+        "NoNewPrivileges"
+        "ProtectHome"
+        "PrivateTmp"
+        "PrivateDevices"
+        "ProtectKernelTunables"
+        "ProtectKernelModules"
+        "ProtectKernelLogs"
+        "ProtectControlGroups"
+        "RestrictNamespaces"
+        "LockPersonality"
+        "MemoryDenyWriteExecute"
+      ]
     )
     ++ expect (!(sc ? PrivateUsers)) "PrivateUsers is set: it breaks CAP_NET_BIND_SERVICE";
 
   ports = want: config: expect (config.networking.firewall.allowedTCPPorts == want) "firewall opens ${show config.networking.firewall.allowedTCPPorts}, want ${show want}";
+
+  # An enabled gateway from the examples or the lab: the service as promised,
+  # 80 and 443 open.
+  gatewayChecks =
+    config:
+    serviceChecks config
+    ++ ports [
+      80
+      443
+    ] config;
 in
 {
   default = {
@@ -125,11 +122,7 @@ in
     modules = [ ../../nixos/examples/seed-000.nix ];
     checks =
       config:
-      serviceChecks config
-      ++ ports [
-        80
-        443
-      ] config
+      gatewayChecks config
       ++ expect (
         lib.hasPrefix "${builtins.storeDir}/" (toString (lib.head config.services.sniEdge.settings.routes).names_file)
         || builtins.isPath (lib.head config.services.sniEdge.settings.routes).names_file
@@ -137,14 +130,10 @@ in
   };
 
   seed-001 = {
-    modules = [ ../../nixos/examples/seed-001.nix ];
+    modules = [ seed001 ];
     checks =
       config:
-      serviceChecks config
-      ++ ports [
-        80
-        443
-      ] config
+      gatewayChecks config
       ++ expect (
         builtins.length config.services.sniEdge.settings.backends.kube.servers == 3
       ) "kube does not have three servers";
@@ -171,15 +160,10 @@ in
   # A names_file outside the store is fine once the build-time check is off.
   names-file-outside-store = {
     modules = [
-      base
+      seed001
       {
         services.sniEdge.checkConfig = false;
-        services.sniEdge.settings.routes = lib.mkForce [
-          {
-            names_file = "/etc/sni-edge/allowed-domains.txt";
-            backend = "https";
-          }
-        ];
+        services.sniEdge.settings.routes = lib.mkForce outsideStore;
       }
     ];
     canExecute = true;
@@ -187,20 +171,19 @@ in
     checks =
       config:
       expect (
-        (builtins.fromJSON (builtins.readFile config.services.sniEdge.configFile)).routes == [
-          {
-            names_file = "/etc/sni-edge/allowed-domains.txt";
-            backend = "https";
-          }
-        ]
+        (builtins.fromJSON (builtins.readFile config.services.sniEdge.configFile)).routes == outsideStore
       ) "with checkConfig = false the config file is not the generated JSON";
   };
 
   # Unset options are absent from the file; freeform keys pass through.
   nulls-dropped = {
     modules = [
-      base
-      { services.sniEdge.settings.http.redirect_status = 301; }
+      seed001
+      {
+        services.sniEdge.openFirewall = lib.mkForce false;
+        services.sniEdge.settings.default_backend = lib.mkForce null;
+        services.sniEdge.settings.http.redirect_status = 301;
+      }
     ];
     checks =
       config:
@@ -210,14 +193,25 @@ in
       expect (
         json.routes == [
           {
-            name = "app";
-            names = [ "app.example.test" ];
-            backend = "https";
-            acme_backend = "http";
+            name = "kube";
+            names = [ "*.kube.example.com" ];
+            backend = "kube";
+            acme_backend = "kube-acme";
           }
         ]
       ) "routes are ${show json.routes}"
-      ++ expect (json.backends.https == { servers = [ "192.0.2.20:443" ]; }) "backends.https is ${show json.backends.https}"
+      ++ expect (
+        json.backends.local-https == {
+          servers = [ "127.0.0.1:8443" ];
+          proxy_protocol = "v2";
+        }
+      ) "backends.local-https is ${show json.backends.local-https}"
+      ++ expect (
+        lib.head json.backends.kube.servers == {
+          address = "192.0.2.21:443";
+          max_connections = 128;
+        }
+      ) "backends.kube.servers is ${show json.backends.kube.servers}"
       ++ expect (json.timeouts == { } && json.limits == { } && json.log == { }) "unset groups are not empty objects"
       ++ expect (!(json ? default_backend) && !(json ? metrics)) "null keys are in the file"
       ++ expect (json.http == { redirect_status = 301; }) "freeform http is ${show (json.http or null)}"
@@ -228,17 +222,12 @@ in
   lab = {
     modules = [ ./lab.nix ];
     lab = true;
-    checks =
-      config:
-      serviceChecks config
-      ++ ports [
-        80
-        443
-      ] config;
+    checks = gatewayChecks;
   };
 
-  k3s-trust = {
-    modules = [ k3sBase ];
+  # Seed 003's node: k3sTrust writes the manifest and starts no gateway.
+  k3s-example = {
+    modules = [ k3sNode ];
     runCheck = false;
     manifest = "sni-edge-traefik-proxy-protocol";
     checks =
@@ -247,138 +236,105 @@ in
         m = config.services.k3s.manifests.sni-edge-traefik-proxy-protocol;
       in
       expect (m.target == "sni-edge-traefik-proxy-protocol.yaml") "manifest target is ${m.target}"
-      ++ expect (!(config.systemd.services ? sni-edge)) "k3sTrust alone starts a gateway";
+      ++ expect (!(config.systemd.services ? sni-edge)) "k3sTrust alone starts a gateway"
+      ++ ports [
+        80
+        443
+      ] config;
   };
 
-  k3s-example = {
-    modules = [ ../../nixos/examples/k3s-node.nix ];
+  # Bare addresses become /32 and /128, CIDRs stay; the manifest can be renamed.
+  k3s-trust = {
+    modules = [
+      k3sNode
+      {
+        services.sniEdge.k3sTrust = {
+          gatewayAddresses = lib.mkForce [
+            "192.0.2.1"
+            "2001:db8::1"
+            "198.51.100.0/24"
+          ];
+          manifestName = "gateway-trust";
+        };
+      }
+    ];
     runCheck = false;
-    manifest = "sni-edge-traefik-proxy-protocol";
-    checks = config: ports [ 80 443 ] config;
+    checks =
+      config:
+      let
+        inherit (config.services.k3s) manifests;
+        values = builtins.fromJSON manifests.gateway-trust.content.spec.valuesContent;
+        want = [
+          "192.0.2.1/32"
+          "2001:db8::1/128"
+          "198.51.100.0/24"
+        ];
+      in
+      expect (builtins.attrNames manifests == [ "gateway-trust" ]) "manifests are ${show (builtins.attrNames manifests)}"
+      ++ expect (manifests.gateway-trust.target == "gateway-trust.yaml") "manifest target is ${manifests.gateway-trust.target}"
+      ++ expect (values.ports.web.proxyProtocol.trustedIPs == want) "web trusts ${show values.ports.web}"
+      ++ expect (values.ports.websecure.proxyProtocol.trustedIPs == want) "websecure trusts ${show values.ports.websecure}";
   };
 
   # One case per assertion, each violating it and nothing else.
-  assert-listeners-empty = {
-    modules = [
-      base
-      { services.sniEdge.settings.listeners = [ ]; }
-    ];
-    failed = [ "listeners must not be empty" ];
+  assert-listeners-empty = fails "listeners must not be empty" seed001 {
+    services.sniEdge.settings.listeners = [ ];
   };
-  assert-firewall-port = {
-    modules = [
-      base
+  assert-firewall-port = fails "openFirewall needs every listener address to end in `:port`" seed001 {
+    services.sniEdge.openFirewall = true;
+    services.sniEdge.settings.listeners = [
       {
-        services.sniEdge.openFirewall = true;
-        services.sniEdge.settings.listeners = [
-          {
-            address = "gateway.test";
-            protocol = "tls";
-          }
-        ];
+        address = "gateway.test";
+        protocol = "tls";
       }
     ];
-    failed = [ "openFirewall needs every listener address to end in `:port`" ];
   };
-  assert-default-backend = {
-    modules = [
-      base
-      { services.sniEdge.settings.default_backend = "nowhere"; }
-    ];
-    failed = [ "default_backend = \"nowhere\" is not one of" ];
+  assert-default-backend = fails "default_backend = \"nowhere\" is not one of" seed001 {
+    services.sniEdge.settings.default_backend = lib.mkForce "nowhere";
   };
-  assert-names-file-outside-store = {
-    modules = [
-      base
+  assert-names-file-outside-store = fails "checkConfig needs every names_file in the Nix store" seed001 {
+    services.sniEdge.settings.routes = lib.mkForce outsideStore;
+  };
+  assert-route-backend = fails "routes.0.backend = \"nowhere\" is not one of" seed001 {
+    services.sniEdge.settings.routes = lib.mkForce [
       {
-        services.sniEdge.settings.routes = lib.mkForce [
-          {
-            names_file = "/etc/sni-edge/allowed-domains.txt";
-            backend = "https";
-          }
-        ];
+        names = [ "app.example.test" ];
+        backend = "nowhere";
       }
     ];
-    failed = [ "checkConfig needs every names_file in the Nix store" ];
   };
-  assert-route-backend = {
-    modules = [
-      base
+  assert-route-acme-backend = fails "routes.0 (app).acme_backend = \"nowhere\" is not one of" seed001 {
+    services.sniEdge.settings.routes = lib.mkForce [
       {
-        services.sniEdge.settings.routes = lib.mkForce [
-          {
-            names = [ "app.example.test" ];
-            backend = "nowhere";
-          }
-        ];
+        name = "app";
+        names = [ "app.example.test" ];
+        backend = "kube";
+        acme_backend = "nowhere";
       }
     ];
-    failed = [ "routes.0.backend = \"nowhere\" is not one of" ];
   };
-  assert-route-acme-backend = {
-    modules = [
-      base
-      {
-        services.sniEdge.settings.routes = lib.mkForce [
-          {
-            name = "app";
-            names = [ "app.example.test" ];
-            backend = "https";
-            acme_backend = "nowhere";
-          }
-        ];
-      }
-    ];
-    failed = [ "routes.0 (app).acme_backend = \"nowhere\" is not one of" ];
+  assert-route-no-names = fails "routes.0 has neither names nor names_file" seed001 {
+    services.sniEdge.settings.routes = lib.mkForce [ { backend = "kube"; } ];
   };
-  assert-route-no-names = {
-    modules = [
-      base
-      {
-        services.sniEdge.settings.routes = lib.mkForce [ { backend = "https"; } ];
-      }
-    ];
-    failed = [ "routes.0 has neither names nor names_file" ];
+  assert-backend-servers = fails "backends.kube-acme.servers must not be empty" seed001 {
+    services.sniEdge.settings.backends.kube-acme.servers = lib.mkForce [ ];
   };
-  assert-backend-servers = {
-    modules = [
-      base
-      { services.sniEdge.settings.backends.http.servers = lib.mkForce [ ]; }
-    ];
-    failed = [ "backends.http.servers must not be empty" ];
+  assert-k3s-addresses = fails "gatewayAddresses must not be empty" k3sNode {
+    services.sniEdge.k3sTrust.gatewayAddresses = lib.mkForce [ ];
   };
-  assert-k3s-addresses = {
-    modules = [
-      k3sBase
-      { services.sniEdge.k3sTrust.gatewayAddresses = lib.mkForce [ ]; }
-    ];
-    failed = [ "gatewayAddresses must not be empty" ];
+  assert-k3s-wildcard = fails "must not contain 0.0.0.0/0 or ::/0" k3sNode {
+    services.sniEdge.k3sTrust.gatewayAddresses = lib.mkForce [ "0.0.0.0/0" ];
   };
-  assert-k3s-wildcard = {
-    modules = [
-      k3sBase
-      { services.sniEdge.k3sTrust.gatewayAddresses = lib.mkForce [ "0.0.0.0/0" ]; }
-    ];
-    failed = [ "must not contain 0.0.0.0/0 or ::/0" ];
+  assert-k3s-role = fails "needs services.k3s.role = \"server\"" k3sNode {
+    services.k3s.role = lib.mkForce "agent";
   };
-  assert-k3s-role = {
-    modules = [
-      k3sBase
-      { services.k3s.role = lib.mkForce "agent"; }
-    ];
-    failed = [ "needs services.k3s.role = \"server\"" ];
-  };
-  assert-k3s-traefik-disabled = {
-    modules = [
-      k3sBase
-      { services.k3s.disable = [ "traefik" ]; }
-    ];
-    failed = [ "services.k3s.disable contains \"traefik\"" ];
+  assert-k3s-traefik-disabled = fails "services.k3s.disable contains \"traefik\"" k3sNode {
+    services.k3s.disable = [ "traefik" ];
   };
 
   warn-acme-without-http = {
     modules = [
-      base
+      seed001
       {
         services.sniEdge.settings.listeners = [
           {

@@ -6,83 +6,28 @@
 { pkgs, lib, ... }:
 
 let
-  gatewayPublic = "198.51.100.1";
-  gatewayHome = "192.0.2.1";
-  clientAddress = "198.51.100.10";
-  backendAddress = "192.0.2.20";
+  common = import ./lib/common.nix { inherit pkgs lib; };
+  inherit (common) gatewayPublic gatewayHome clientAddress backendAddress address route;
 
-  # A CA and one server certificate, made at build time: nothing from outside.
-  certs = pkgs.runCommand "sni-edge-test-certs" { nativeBuildInputs = [ pkgs.openssl ]; } ''
-    mkdir $out && cd $out
-    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-      -subj "/CN=sni-edge test CA" -keyout ca.key -out ca.pem \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -subj "/CN=app.example.test" -keyout server.key -out server.csr
-    printf '%s\n' "subjectAltName=DNS:app.example.test,DNS:*.kube.example.test,DNS:new.example.test" \
-      "extendedKeyUsage=serverAuth" > server.ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile server.ext -out server.pem
-    openssl verify -CAfile ca.pem server.pem
-  '';
-
-  address = interface: ip: {
-    networking.interfaces.${interface}.ipv4.addresses = lib.mkForce [
-      {
-        address = ip;
-        prefixLength = 24;
-      }
-    ];
-  };
-
-  route = names: {
-    name = "cluster";
-    inherit names;
-    backend = "cluster-https";
-    acme_backend = "cluster-http";
-  };
+  certs = common.certs [
+    "app.example.test"
+    "*.kube.example.test"
+    "new.example.test"
+  ];
 in
 {
   name = "sni-edge-gateway";
 
   nodes = {
-    client = {
-      imports = [ (address "eth1" clientAddress) ];
-      virtualisation.vlans = [ 1 ];
-    };
+    inherit (common) client;
 
     gateway = {
       imports = [
-        (address "eth1" gatewayPublic)
-        (address "eth2" gatewayHome)
+        (common.gateway [
+          "app.example.test"
+          "*.kube.example.test"
+        ])
       ];
-      virtualisation.vlans = [
-        1
-        2
-      ];
-
-      services.sniEdge = {
-        enable = true;
-        openFirewall = true;
-        settings = {
-          routes = [
-            (route [
-              "app.example.test"
-              "*.kube.example.test"
-            ])
-          ];
-          backends = {
-            cluster-https = {
-              servers = [ "${backendAddress}:443" ];
-              proxy_protocol = "v2";
-            };
-            cluster-http = {
-              servers = [ "${backendAddress}:80" ];
-              proxy_protocol = "v1";
-            };
-          };
-        };
-      };
 
       # Switched to in the reload subtest: one more allowed name.
       specialisation.more-names.configuration = {

@@ -7,23 +7,12 @@
 { pkgs, lib, ... }:
 
 let
-  gatewayPublic = "198.51.100.1";
-  gatewayHome = "192.0.2.1";
-  clientAddress = "198.51.100.10";
-  nodeAddress = "192.0.2.20";
+  common = import ./lib/common.nix { inherit pkgs lib; };
+  inherit (common) gatewayPublic gatewayHome clientAddress address;
+  # The k3s server is the gateway's backend.
+  nodeAddress = common.backendAddress;
 
-  certs = pkgs.runCommand "sni-edge-k3s-test-certs" { nativeBuildInputs = [ pkgs.openssl ]; } ''
-    mkdir $out && cd $out
-    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-      -subj "/CN=sni-edge test CA" -keyout ca.key -out ca.pem \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -subj "/CN=app.example.test" -keyout server.key -out server.csr
-    printf '%s\n' "subjectAltName=DNS:app.example.test" "extendedKeyUsage=serverAuth" > server.ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile server.ext -out server.pem
-    openssl verify -CAfile ca.pem server.pem
-  '';
+  certs = common.certs [ "app.example.test" ];
 
   whoamiImage = pkgs.dockerTools.buildImage {
     name = "test.local/whoami";
@@ -33,58 +22,13 @@ let
   };
 
   labels."app.kubernetes.io/name" = "whoami";
-
-  address = interface: ip: {
-    networking.interfaces.${interface}.ipv4.addresses = lib.mkForce [
-      {
-        address = ip;
-        prefixLength = 24;
-      }
-    ];
-  };
 in
 {
   name = "sni-edge-k3s";
 
   nodes = {
-    client = {
-      imports = [ (address "eth1" clientAddress) ];
-      virtualisation.vlans = [ 1 ];
-    };
-
-    gateway = {
-      imports = [
-        (address "eth1" gatewayPublic)
-        (address "eth2" gatewayHome)
-      ];
-      virtualisation.vlans = [
-        1
-        2
-      ];
-      services.sniEdge = {
-        enable = true;
-        openFirewall = true;
-        settings = {
-          routes = [
-            {
-              names = [ "app.example.test" ];
-              backend = "traefik-https";
-              acme_backend = "traefik-http";
-            }
-          ];
-          backends = {
-            traefik-https = {
-              servers = [ "${nodeAddress}:443" ];
-              proxy_protocol = "v2";
-            };
-            traefik-http = {
-              servers = [ "${nodeAddress}:80" ];
-              proxy_protocol = "v1";
-            };
-          };
-        };
-      };
-    };
+    inherit (common) client;
+    gateway = common.gateway [ "app.example.test" ];
 
     node =
       { config, pkgs, ... }:

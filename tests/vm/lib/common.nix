@@ -1,0 +1,87 @@
+# What the VM tests share: a client on the public network (vlan 1), the
+# sni-edge gateway on both networks, and a backend on the home network (vlan 2)
+# at backendAddress; a CA and a server certificate; the client node and the
+# gateway node. Not a test itself: flake.nix makes a check only of the regular
+# .nix files directly in tests/vm/, not of those in its subdirectories.
+#
+#   common = import ./lib/common.nix { inherit pkgs lib; };
+{ pkgs, lib }:
+
+rec {
+  gatewayPublic = "198.51.100.1";
+  gatewayHome = "192.0.2.1";
+  clientAddress = "198.51.100.10";
+  backendAddress = "192.0.2.20";
+
+  # A CA (ca.pem) and a server certificate (server.pem, server.key) for the
+  # given names, made at build time: nothing from outside.
+  certs =
+    names:
+    pkgs.runCommand "sni-edge-test-certs" { nativeBuildInputs = [ pkgs.openssl ]; } ''
+      mkdir $out && cd $out
+      openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -subj "/CN=sni-edge test CA" -keyout ca.key -out ca.pem \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=${lib.head names}" -keyout server.key -out server.csr
+      printf '%s\n' "subjectAltName=${lib.concatMapStringsSep "," (name: "DNS:${name}") names}" \
+        "extendedKeyUsage=serverAuth" > server.ext
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile server.ext -out server.pem
+      openssl verify -CAfile ca.pem server.pem
+    '';
+
+  address = interface: ip: {
+    networking.interfaces.${interface}.ipv4.addresses = lib.mkForce [
+      {
+        address = ip;
+        prefixLength = 24;
+      }
+    ];
+  };
+
+  # The gateway's one route: TLS for these names to the backend's port 443,
+  # their ACME http-01 challenges to its port 80.
+  route = names: {
+    name = "cluster";
+    inherit names;
+    backend = "cluster-https";
+    acme_backend = "cluster-http";
+  };
+
+  client = {
+    imports = [ (address "eth1" clientAddress) ];
+    virtualisation.vlans = [ 1 ];
+  };
+
+  # The gateway, allowing these names: PROXY v2 on 443, v1 on 80, so that both
+  # versions are read on the other side.
+  gateway = names: {
+    imports = [
+      (address "eth1" gatewayPublic)
+      (address "eth2" gatewayHome)
+    ];
+    virtualisation.vlans = [
+      1
+      2
+    ];
+
+    services.sniEdge = {
+      enable = true;
+      openFirewall = true;
+      settings = {
+        routes = [ (route names) ];
+        backends = {
+          cluster-https = {
+            servers = [ "${backendAddress}:443" ];
+            proxy_protocol = "v2";
+          };
+          cluster-http = {
+            servers = [ "${backendAddress}:80" ];
+            proxy_protocol = "v1";
+          };
+        };
+      };
+    };
+  };
+}
