@@ -38,14 +38,17 @@ pub async fn forward(
     cx: &Connection<'_>,
     (client_addr, local): (SocketAddr, SocketAddr),
     backend: &Backend,
-    already_read: &[u8],
+    already_read: Vec<u8>,
 ) -> Result<Served, Refusal> {
     let mut upstream = backend.connect(client_addr.ip(), cx.metrics).await?;
     tracing::Span::current().record("server", tracing::field::display(&upstream.address));
     let mut first = proxy_header::encode(backend.proxy_protocol, client_addr, local);
-    first.extend_from_slice(already_read);
+    first.extend_from_slice(&already_read);
     upstream.stream.write_all(&first).await?;
     cx.counters.up.fetch_add(already_read.len() as u64, Ordering::Relaxed);
+    // A relayed connection may stay open for hours: it keeps no buffer.
+    drop(first);
+    drop(already_read);
     let end = relay::relay(client, &mut upstream.stream, cx.config.timeouts.idle, cx.counters).await.err();
     Ok(Served::Relayed(end))
 }

@@ -108,7 +108,7 @@ pub async fn serve(
             if !is_acme_token_path(&request.path) {
                 return answer(stream, 400, None, Refusal::BadRequest("not an ACME token path")).await;
             }
-            return forward(stream, cx, addresses, backend, &buf).await;
+            return forward(stream, cx, addresses, backend, buf).await;
         }
     }
     let location = format!("https://{name}{}", request.path);

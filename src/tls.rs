@@ -40,7 +40,7 @@ pub async fn serve(
         return Err(refuse(stream, Refusal::UnknownName(name.to_string())).await);
     };
     cx.routed(&route.name);
-    forward(stream, cx, addresses, &route.backend, &buf).await
+    forward(stream, cx, addresses, &route.backend, buf).await
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {
