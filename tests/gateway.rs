@@ -48,6 +48,28 @@ async fn proxy_v2_header_carries_the_client_address() {
 }
 
 #[tokio::test]
+async fn an_ipv6_listener_sends_ipv6_addresses() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let (backend, mut received) = Backend::recording().await;
+    let gw = Gateway::start_on("[::1]:0", |tls, http| config(tls, http, ROUTES, &cluster(backend.addr, "v2"))).await;
+    let (client, answer) = exchange(gw.tls, HELLO_CURL).await;
+    assert_eq!(answer, b"bye");
+    let header = [
+        &b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24"[..],
+        &std::net::Ipv6Addr::LOCALHOST.octets(),
+        &std::net::Ipv6Addr::LOCALHOST.octets(),
+        &client.port().to_be_bytes(),
+        &gw.tls.port().to_be_bytes(),
+    ]
+    .concat();
+    assert_eq!(within("backend", received.recv()).await.unwrap(), [&header[..], HELLO_CURL].concat());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_hello_trickling_in_byte_by_byte_arrives_intact() {
     let (backend, mut received) = Backend::recording().await;
     let gw = Gateway::start(|tls, http| config(tls, http, ROUTES, &cluster(backend.addr, "none"))).await;

@@ -88,8 +88,13 @@ impl Gateway {
     /// `config` gets the TLS and HTTP listener addresses and returns the
     /// config JSON, which is written to a file so that reloads can change it.
     pub async fn start(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gateway {
-        let tls_socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let http_socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Gateway::start_on("127.0.0.1:0", config).await
+    }
+
+    /// Like `start`, with both listeners on `address` (port 0: any).
+    pub async fn start_on(address: &str, config: impl Fn(SocketAddr, SocketAddr) -> String) -> Gateway {
+        let tls_socket = server::bind(address.parse().unwrap()).unwrap();
+        let http_socket = server::bind(address.parse().unwrap()).unwrap();
         let tls = tls_socket.local_addr().unwrap();
         let http = http_socket.local_addr().unwrap();
         let dir = std::env::temp_dir().join(format!("sni-edge-test-{}-{}", std::process::id(), tls.port()));

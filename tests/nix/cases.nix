@@ -40,8 +40,51 @@ let
   expect = cond: problem: lib.optional (!cond) problem;
   show = v: builtins.toJSON v;
 
+  listenerAddresses = config: map (l: l.address) config.services.sniEdge.settings.listeners;
+
+  # With socket activation (the default): a socket unit with one
+  # ListenStream per listener, IPv6 sockets IPv6-only, the service tied to
+  # it, restarted (not stopped and started) on change, and restarted when
+  # the listeners change.
+  socketChecks =
+    config:
+    let
+      sock = config.systemd.sockets.sni-edge or null;
+      svc = config.systemd.services.sni-edge;
+      addresses = listenerAddresses config;
+    in
+    if sock == null then
+      [ "no socket unit sni-edge although socketActivation is on" ]
+    else
+      expect (sock.listenStreams == addresses) "listenStreams are ${show sock.listenStreams}, want ${show addresses}"
+      ++ expect (sock.wantedBy == [ "sockets.target" ]) "the socket's wantedBy is ${show sock.wantedBy}"
+      ++ expect (
+        sock.socketConfig == {
+          BindIPv6Only = "ipv6-only";
+          Backlog = 4096;
+          FreeBind = true;
+        }
+      ) "socketConfig is ${show sock.socketConfig}"
+      ++ expect (svc.requires == [ "sni-edge.socket" ]) "the service requires ${show svc.requires}"
+      ++ expect (lib.elem "sni-edge.socket" svc.after) "the service is not after sni-edge.socket: ${show svc.after}"
+      ++ expect (!svc.stopIfChanged) "stopIfChanged is true: a switch would stop the socket with the service"
+      ++ expect (svc.restartTriggers == addresses) "restartTriggers are ${show svc.restartTriggers}, want the listeners";
+
+  # Without socket activation: no socket unit, the gateway binds alone.
+  noSocketChecks =
+    config:
+    let
+      svc = config.systemd.services.sni-edge;
+    in
+    expect (!(config.systemd.sockets ? sni-edge)) "a socket unit exists although socketActivation = false"
+    ++ expect (svc.requires == [ ]) "the service requires ${show svc.requires}"
+    ++ expect (svc.after == [ "network-online.target" ]) "the service is after ${show svc.after}"
+    ++ expect svc.stopIfChanged "stopIfChanged is false without socket activation"
+    ++ expect (svc.restartTriggers == [ ]) "restartTriggers is not empty";
+
   # The service as nixos/module.nix promises it: fixed config path, check
-  # before reload, hardening, reload (not restart) on config change.
+  # before reload, hardening, reload (not restart) on config change,
+  # Type=notify, socket activation unless it is turned off.
   serviceChecks =
     config:
     let
@@ -57,11 +100,10 @@ let
       ]
     ) "ExecReload is ${show sc.ExecReload}"
     ++ expect (map toString svc.reloadTriggers == [ file ]) "reloadTriggers is ${show svc.reloadTriggers}"
-    ++ expect (svc.restartTriggers == [ ]) "restartTriggers is not empty"
     ++ expect (
       toString config.environment.etc."sni-edge/config.json".source == file
     ) "/etc/sni-edge/config.json is not the config file"
-    ++ expect (sc.Type == "simple" && !(sc ? NotifyAccess)) "Type is ${show sc.Type}"
+    ++ expect (sc.Type == "notify" && sc.NotifyAccess == "main") "Type is ${show sc.Type}, NotifyAccess ${show (sc.NotifyAccess or null)}"
     ++ expect (svc.wantedBy == [ "multi-user.target" ]) "wantedBy is ${show svc.wantedBy}"
     # Hardening: the keys that matter most by value, the other switches by name.
     ++ lib.concatLists (
@@ -92,7 +134,8 @@ let
         "MemoryDenyWriteExecute"
       ]
     )
-    ++ expect (!(sc ? PrivateUsers)) "PrivateUsers is set: it breaks CAP_NET_BIND_SERVICE";
+    ++ expect (!(sc ? PrivateUsers)) "PrivateUsers is set: it breaks CAP_NET_BIND_SERVICE"
+    ++ (if config.services.sniEdge.socketActivation then socketChecks else noSocketChecks) config;
 
   ports = want: config: expect (config.networking.firewall.allowedTCPPorts == want) "firewall opens ${show config.networking.firewall.allowedTCPPorts}, want ${show want}";
 
@@ -113,6 +156,7 @@ in
     checks =
       config:
       expect (!(config.systemd.services ? sni-edge)) "a service exists although enable = false"
+      ++ expect (config.systemd.sockets == { }) "a socket unit exists although enable = false"
       ++ expect (!(config.environment.etc ? "sni-edge/config.json")) "/etc/sni-edge/config.json exists although enable = false"
       ++ ports [ ] config
       ++ expect (config.services.k3s.manifests == { }) "a k3s manifest exists although k3sTrust is off";
@@ -219,10 +263,81 @@ in
       ++ ports [ ] config;
   };
 
+  # The lab's listeners are on one address, IPv4 only: the socket follows
+  # them (checked in socketChecks).
   lab = {
     modules = [ ./lab.nix ];
     lab = true;
     checks = gatewayChecks;
+  };
+
+  # Socket activation off: the gateway binds its listeners itself, and a
+  # change of listeners is a reload like any other.
+  socket-activation-off = {
+    modules = [
+      seed001
+      { services.sniEdge.socketActivation = false; }
+    ];
+    checks = gatewayChecks;
+  };
+
+  # Socket activation with the default listeners: IPv4 and IPv6 on the same
+  # ports, which is what BindIPv6Only = "ipv6-only" is for.
+  socket-activation-dual-stack = {
+    modules = [ ../../nixos/examples/seed-000.nix ];
+    checks =
+      config:
+      serviceChecks config
+      ++ expect (
+        config.systemd.sockets.sni-edge.listenStreams == [
+          "0.0.0.0:443"
+          "[::]:443"
+          "0.0.0.0:80"
+          "[::]:80"
+        ]
+      ) "listenStreams are ${show config.systemd.sockets.sni-edge.listenStreams}";
+  };
+
+  # Health checks and the metrics endpoint: typed options, written to the
+  # file as the gateway reads them (and `sni-edge check` accepts the file).
+  health-and-metrics = {
+    modules = [
+      seed001
+      {
+        services.sniEdge.settings = {
+          metrics.address = "127.0.0.1:9113";
+          backends.kube.health_check = {
+            kind = "tls";
+            interval = "10s";
+            timeout = "3s";
+            rise = 1;
+            fall = 2;
+            server_name = "health.kube.example.com";
+          };
+          # All defaults.
+          backends.kube-acme.health_check = { };
+        };
+      }
+    ];
+    checks =
+      config:
+      let
+        json = builtins.fromJSON (builtins.readFile config.services.sniEdge.configFile);
+      in
+      gatewayChecks config
+      ++ expect (json.metrics == { address = "127.0.0.1:9113"; }) "metrics is ${show (json.metrics or null)}"
+      ++ expect (
+        json.backends.kube.health_check == {
+          kind = "tls";
+          interval = "10s";
+          timeout = "3s";
+          rise = 1;
+          fall = 2;
+          server_name = "health.kube.example.com";
+        }
+      ) "backends.kube.health_check is ${show (json.backends.kube.health_check or null)}"
+      ++ expect (json.backends.kube-acme.health_check == { }) "backends.kube-acme.health_check is ${show (json.backends.kube-acme.health_check or null)}"
+      ++ expect (!(json.backends.local-https ? health_check)) "an unset health_check is in the file";
   };
 
   # Seed 003's node: k3sTrust writes the manifest and starts no gateway.

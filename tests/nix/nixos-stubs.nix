@@ -57,9 +57,15 @@ let
       "always"
     ];
 
-  # nixos/lib/systemd-unit-options.nix: the parts of stage2ServiceOptions
-  # (commonUnitOptions + stage2CommonUnitOptions + serviceOptions) we use.
-  serviceModule = {
+  unitNames = mkOption {
+    type = types.listOf unitNameType;
+    default = [ ];
+  };
+
+  # nixos/lib/systemd-unit-options.nix: the parts of stage2CommonUnitOptions
+  # (sharedOptions + commonUnitOptions + restartTriggers, reloadTriggers)
+  # that the modules use, for every kind of unit.
+  stage2CommonUnitOptions = {
     options = {
       enable = mkOption {
         type = types.bool;
@@ -73,26 +79,12 @@ let
         type = types.listOf types.str;
         default = [ ];
       };
-      wantedBy = mkOption {
-        type = types.listOf unitNameType;
-        default = [ ];
-      };
-      wants = mkOption {
-        type = types.listOf unitNameType;
-        default = [ ];
-      };
-      requires = mkOption {
-        type = types.listOf unitNameType;
-        default = [ ];
-      };
-      after = mkOption {
-        type = types.listOf unitNameType;
-        default = [ ];
-      };
-      before = mkOption {
-        type = types.listOf unitNameType;
-        default = [ ];
-      };
+      wantedBy = unitNames;
+      requiredBy = unitNames;
+      wants = unitNames;
+      requires = unitNames;
+      after = unitNames;
+      before = unitNames;
       restartTriggers = mkOption {
         type = types.listOf types.unspecified;
         default = [ ];
@@ -104,6 +96,18 @@ let
       unitConfig = mkOption {
         type = types.attrsOf unitOption;
         default = { };
+      };
+    };
+  };
+
+  # nixos/lib/systemd-unit-options.nix: stage2ServiceOptions
+  # (stage2CommonUnitOptions + serviceOptions + stopIfChanged, ...).
+  serviceModule = {
+    imports = [ stage2CommonUnitOptions ];
+    options = {
+      stopIfChanged = mkOption {
+        type = types.bool;
+        default = true;
       };
       serviceConfig = mkOption {
         type = types.addCheck (types.attrsOf unitOption) checkService;
@@ -129,6 +133,26 @@ let
             str
           ]);
         default = [ ];
+      };
+    };
+  };
+
+  # nixos/lib/systemd-unit-options.nix: stage2SocketOptions
+  # (stage2CommonUnitOptions + socketOptions).
+  socketModule = {
+    imports = [ stage2CommonUnitOptions ];
+    options = {
+      listenStreams = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      listenDatagrams = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      socketConfig = mkOption {
+        type = types.attrsOf unitOption;
+        default = { };
       };
     };
   };
@@ -222,10 +246,15 @@ in
         default = { };
       };
 
-      # nixos/modules/system/boot/systemd.nix (systemd.services), with the
-      # unit options above.
+      # nixos/modules/system/boot/systemd.nix (systemd.services and
+      # systemd.sockets, of nixos/lib/systemd-types.nix's services and
+      # sockets), with the unit options above.
       systemd.services = mkOption {
         type = types.attrsOf (types.submodule serviceModule);
+        default = { };
+      };
+      systemd.sockets = mkOption {
+        type = types.attrsOf (types.submodule socketModule);
         default = { };
       };
 

@@ -113,6 +113,9 @@ in
       def main_pid():
           return gateway.succeed("systemctl show --property MainPID --value sni-edge.service").strip()
 
+      def active_state():
+          return gateway.succeed("systemctl show --property ActiveState --value sni-edge.service").strip()
+
       start_all()
       backend.wait_for_unit("nginx.service")
       backend.wait_for_open_port(443)
@@ -121,6 +124,15 @@ in
       gateway.wait_for_open_port(443)
       gateway.wait_for_open_port(80)
       client.wait_for_unit("multi-user.target")
+
+      with subtest("systemd holds the listening sockets and the gateway says when it is ready"):
+          t.assertEqual(gateway.succeed("systemctl show --property Type --value sni-edge.service").strip(), "notify")
+          gateway.succeed("systemctl is-active sni-edge.socket")
+          listen = gateway.succeed("systemctl show --property Listen --value sni-edge.socket")
+          for address in ["0.0.0.0:443", "[::]:443", "0.0.0.0:80", "[::]:80"]:
+              t.assertIn(f"{address} (Stream)", listen)
+          # Every listener took its socket from systemd, none was left over.
+          gateway.fail("journalctl -u sni-edge.service | grep -q -F 'no listener in the config uses'")
 
       with subtest("an allowed name reaches the backend, which sees the client's address"):
           out = client.succeed(https("app.example.test"))
@@ -173,5 +185,39 @@ in
           gateway.succeed("journalctl -u sni-edge.service | grep -q -i reloaded")
           gateway.fail("journalctl -u sni-edge.service | grep -q -i stopped")
           client.succeed(https("app.example.test"))
+
+      # After the reload subtest, which checks that the gateway never stopped.
+      with subtest("restart queues connections"):
+          pid = main_pid()
+          # A connection that never sends its request: the stopping gateway
+          # waits for it (up to timeouts.http_request, 10s) before it exits,
+          # so the restart lasts that long.
+          client.succeed("bash -c 'exec 3<>/dev/tcp/${gatewayPublic}/80; sleep 60' >/dev/null 2>&1 &")
+          gateway.wait_until_succeeds(
+              "ss --no-header --tcp state established '( sport = :80 )' | grep -q -F '${clientAddress}'",
+              timeout=30,
+          )
+          gateway.succeed("systemctl restart --no-block sni-edge.service")
+          gateway.wait_until_succeeds(
+              "test \"$(systemctl show --property ActiveState --value sni-edge.service)\" != active",
+              timeout=10,
+          )
+          # One attempt, no retries, made while the old process is stopping and
+          # no longer accepting: the connection waits in the socket's queue
+          # until the new process takes it.
+          out = client.succeed(https("app.example.test", "--max-time 60"))
+          t.assertIn("client=${clientAddress} via=${gatewayHome} sni=app.example.test", out)
+          gateway.wait_for_unit("sni-edge.service")
+          new_pid = main_pid()
+          t.assertNotEqual(new_pid, pid)
+          gateway.succeed(f"journalctl _PID={new_pid} | grep -q -F app.example.test")
+
+      with subtest("a connection starts a stopped gateway"):
+          gateway.succeed("systemctl stop sni-edge.service")
+          t.assertIn(active_state(), ["inactive", "failed"])
+          gateway.succeed("systemctl is-active sni-edge.socket")
+          out = client.succeed(https("app.example.test", "--max-time 60"))
+          t.assertIn("sni=app.example.test", out)
+          t.assertEqual(active_state(), "active")
     '';
 }
