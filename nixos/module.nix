@@ -17,10 +17,6 @@ let
 
   inherit (lib) literalExpression literalMD mkOption types;
 
-  # Switch to `true` once the binary calls sd_notify(READY=1): the unit then
-  # becomes Type=notify with NotifyAccess=main. Nothing else has to change.
-  sdNotify = false;
-
   # Where the service reads its config. A fixed path in /etc (not the store
   # path) keeps the unit file unchanged when only the config changes, so that
   # a config change is a reload (reloadTriggers) and a package change a restart.
@@ -64,6 +60,11 @@ let
     lib.filter (p: p != null) (map (l: portOf l.address) cfg.settings.listeners)
   );
 
+  # What systemd's ListenStream= takes is what a listener's address is:
+  # "0.0.0.0:443", "[::]:443". The gateway finds each passed socket's
+  # listener by comparing addresses, so these must stay equal.
+  listenStreams = lib.unique (map (l: l.address) cfg.settings.listeners);
+
   namesFiles = lib.filter (f: f != null) (map (r: r.names_file) cfg.settings.routes);
   inStore = f: builtins.isPath f || lib.hasPrefix "${builtins.storeDir}/" (toString f);
 
@@ -105,13 +106,7 @@ let
   routeType = types.submodule {
     freeformType = settingsFormat.type;
     options = {
-      name = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        defaultText = literalMD "the backend's name";
-        example = "cluster";
-        description = "Label for this route in logs and metrics.";
-      };
+      name = strOption "the backend's name" "cluster" "Label for this route in logs and metrics.";
       names = mkOption {
         type = types.nullOr (types.listOf types.str);
         default = null;
@@ -149,16 +144,10 @@ let
           that receives the raw TLS stream of the matching connections.
         '';
       };
-      acme_backend = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        defaultText = literalMD "unset: ACME challenges for these names are answered 421";
-        example = "cluster-http";
-        description = ''
-          Backend for `/.well-known/acme-challenge/` requests to these names on
-          the `http` listeners, so the cluster can answer ACME http-01.
-        '';
-      };
+      acme_backend = strOption "unset: ACME challenges for these names are answered 421" "cluster-http" ''
+        Backend for `/.well-known/acme-challenge/` requests to these names on
+        the `http` listeners, so the cluster can answer ACME http-01.
+      '';
     };
   };
 
@@ -181,6 +170,23 @@ let
     }
   );
 
+  healthCheckType = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      kind = enumOption [ "tcp" "tls" ] "tcp" "tls" ''
+        `tcp`: the connect must succeed. `tls`: the server must also answer
+        a ClientHello with a TLS record (a handshake or an alert: it speaks
+        TLS). Probes start with the backend's PROXY header in its LOCAL
+        form, so an ingress that requires the header accepts them.
+      '';
+      interval = durationOption "5s" "Time between two probes of one server.";
+      timeout = durationOption "2s" "Time one probe may take.";
+      rise = countOption 2 "Successful probes in a row that bring a down server back.";
+      fall = countOption 3 "Failed probes in a row that take an up server out of rotation.";
+      server_name = strOption "unset: `tls` probes send no SNI" "health.kube.example.com" "Host name sent as SNI by `tls` probes.";
+    };
+  };
+
   backendType = types.submodule {
     freeformType = settingsFormat.type;
     options = {
@@ -198,53 +204,56 @@ let
           `address` and `max_connections`.
         '';
       };
-      proxy_protocol = mkOption {
-        type = types.nullOr (
-          types.enum [
-            "none"
-            "v1"
-            "v2"
-          ]
-        );
+      proxy_protocol = enumOption [ "none" "v1" "v2" ] "none" "v2" ''
+        PROXY protocol header sent before the client's bytes, so the cluster
+        sees the client's address. Traefik and nginx read both versions.
+      '';
+      balance = enumOption [
+        "round_robin"
+        "source_hash"
+      ] "round_robin" "source_hash" "How connections are spread over the servers.";
+      connect_timeout = durationOption "5s" "Time allowed to connect to one server (humantime: `250ms`, `5s`).";
+      health_check = mkOption {
+        type = types.nullOr healthCheckType;
         default = null;
-        defaultText = literalMD "unset: `none`";
-        example = "v2";
+        defaultText = literalMD "unset: servers are not probed and always count as up";
+        example = {
+          kind = "tls";
+          interval = "10s";
+          fall = 2;
+        };
         description = ''
-          PROXY protocol header sent before the client's bytes, so the cluster
-          sees the client's address. Traefik and nginx read both versions.
+          Active health checks of every server of this backend. A server that
+          fails {option}`fall` probes in a row gets no new connections until it
+          passes {option}`rise` in a row; state changes are logged and shown
+          in the `sni_edge_backend_server_up` metric. An empty set (`{ }`)
+          turns the checks on with their defaults.
         '';
-      };
-      balance = mkOption {
-        type = types.nullOr (
-          types.enum [
-            "round_robin"
-            "source_hash"
-          ]
-        );
-        default = null;
-        defaultText = literalMD "unset: `round_robin`";
-        example = "source_hash";
-        description = "How connections are spread over the servers.";
-      };
-      connect_timeout = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        defaultText = literalMD "unset: `5s`";
-        example = "2s";
-        description = "Time allowed to connect to one server (humantime: `250ms`, `5s`).";
       };
     };
   };
 
-  durationOption =
-    default: description:
+  # An optional choice: unset (null) leaves the gateway's default.
+  enumOption =
+    values: default: example: description:
+    mkOption {
+      type = types.nullOr (types.enum values);
+      default = null;
+      defaultText = literalMD "unset: `${default}`";
+      inherit example description;
+    };
+
+  # An optional string; defaultText says what unset (null) means.
+  strOption =
+    defaultText: example: description:
     mkOption {
       type = types.nullOr types.str;
       default = null;
-      defaultText = literalMD "unset: `${default}`";
-      example = default;
-      inherit description;
+      defaultText = literalMD defaultText;
+      inherit example description;
     };
+
+  durationOption = default: strOption "unset: `${default}`" default;
 
   countOption =
     default: description:
@@ -270,6 +279,35 @@ in
         Whether to open the TCP ports of all
         {option}`services.sniEdge.settings.listeners` in the firewall.
         The metrics port is never opened.
+      '';
+    };
+
+    socketActivation = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether systemd opens the listening sockets (a `sni-edge.socket` unit
+        with one `ListenStream` per listener) and passes them to the gateway.
+
+        Why: the sockets then outlive the process. While the gateway restarts
+        (a new package, a crash and `Restart=on-failure`, `systemctl restart`)
+        new connections wait in the kernel's queue and are accepted by the
+        new process, instead of being refused. `nixos-rebuild switch` restarts
+        only the service, not the socket (the service has
+        `stopIfChanged = false`), so a package update keeps the sockets too.
+
+        Changing {option}`services.sniEdge.settings.listeners` is a restart,
+        not a reload: the addresses are in the service's `restartTriggers`.
+        `nixos-rebuild switch` does not restart a changed socket unit, so
+        systemd keeps the sockets of the old addresses that remain, closes
+        the others, and the restarted gateway binds the new ones itself
+        (which is why the service keeps `CAP_NET_BIND_SERVICE`). Run
+        `systemctl restart sni-edge.socket` once afterwards (or reboot) so
+        that systemd holds the new addresses as well; that restarts the
+        gateway with it.
+
+        Settings other than the listeners are still applied by a reload.
       '';
     };
 
@@ -387,16 +425,10 @@ in
             description = "Named groups of servers that routes send connections to.";
           };
 
-          default_backend = mkOption {
-            type = types.nullOr types.str;
-            default = null;
-            defaultText = literalMD "unset: names that match no route are refused";
-            example = "legacy-https";
-            description = ''
-              Backend for well-formed names that match no route. Leave unset to
-              refuse them, which is what an allow list wants.
-            '';
-          };
+          default_backend = strOption "unset: names that match no route are refused" "legacy-https" ''
+            Backend for well-formed names that match no route. Leave unset to
+            refuse them, which is what an allow list wants.
+          '';
 
           timeouts = mkOption {
             default = { };
@@ -428,7 +460,16 @@ in
           metrics = mkOption {
             default = null;
             defaultText = literalMD "unset: no metrics endpoint";
-            description = "Prometheus metrics endpoint.";
+            example = {
+              address = "127.0.0.1:9113";
+            };
+            description = ''
+              Prometheus metrics endpoint: any GET on this address returns the
+              metrics in the text format (connections by route and outcome,
+              bytes, backend servers up, reloads). The gateway binds it
+              itself, also with socket activation; it is never opened in the
+              firewall.
+            '';
             type = types.nullOr (
               types.submodule {
                 freeformType = settingsFormat.type;
@@ -447,34 +488,18 @@ in
             type = types.submodule {
               freeformType = settingsFormat.type;
               options = {
-                level = mkOption {
-                  type = types.nullOr (
-                    types.enum [
-                      "trace"
-                      "debug"
-                      "info"
-                      "warn"
-                      "error"
-                    ]
-                  );
-                  default = null;
-                  defaultText = literalMD "unset: `info`";
-                  example = "debug";
-                  description = "Log level.";
-                };
-                format = mkOption {
-                  type = types.nullOr (
-                    types.enum [
-                      "auto"
-                      "text"
-                      "journald"
-                    ]
-                  );
-                  default = null;
-                  defaultText = literalMD "unset: `auto` (journald fields under systemd, else text)";
-                  example = "text";
-                  description = "Log format.";
-                };
+                level = enumOption [
+                  "trace"
+                  "debug"
+                  "info"
+                  "warn"
+                  "error"
+                ] "info" "debug" "Log level.";
+                format = enumOption [
+                  "auto"
+                  "text"
+                  "journald"
+                ] "auto" "text" "Log format; `auto` is journald fields under systemd, else text.";
               };
             };
           };
@@ -550,21 +575,56 @@ in
 
     environment.etc."sni-edge/config.json".source = validatedFile;
 
+    # Socket activation as in harmonia's module: the socket unit is wanted by
+    # sockets.target, the service requires it and starts after it. The
+    # service is still wanted by multi-user.target, so the gateway (its health
+    # checks, its metrics endpoint) runs from boot, not from the first client.
+    systemd.sockets.sni-edge = lib.mkIf cfg.socketActivation {
+      description = "sni-edge TLS gateway sockets";
+      documentation = [ "https://github.com/sni-edge/sni-edge" ];
+      wantedBy = [ "sockets.target" ];
+      inherit listenStreams;
+      socketConfig = {
+        # "[::]:443" next to "0.0.0.0:443": without this the IPv6 socket
+        # would take IPv4 too and the IPv4 one would fail to bind. The gateway
+        # sets IPV6_V6ONLY on the sockets it binds itself, the same way.
+        BindIPv6Only = "ipv6-only";
+        # The queue that holds new connections while the gateway restarts;
+        # the same as the gateway's own listen(4096) (capped by
+        # net.core.somaxconn).
+        Backlog = 4096;
+        # sockets.target comes before the network: a listener on a given
+        # address (not 0.0.0.0 or [::]) must bind before that address exists.
+        FreeBind = true;
+      };
+    };
+
     systemd.services.sni-edge = {
       description = "sni-edge TLS gateway";
       documentation = [ "https://github.com/sni-edge/sni-edge" ];
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      requires = lib.optional cfg.socketActivation "sni-edge.socket";
+      after = [ "network-online.target" ] ++ lib.optional cfg.socketActivation "sni-edge.socket";
 
       # A changed config is reloaded (SIGHUP, connections stay up); a changed
       # package or unit is restarted. Only this trigger differs between two
       # generations whose settings differ.
       reloadTriggers = [ validatedFile ];
+      # With socket activation the listeners are also in the socket unit, so
+      # changing them is a restart (see the socketActivation option).
+      restartTriggers = lib.optionals cfg.socketActivation listenStreams;
+      # For a socket-activated service, switch-to-configuration stops the
+      # socket with the service and starts only the socket again, unless
+      # this is false: then the service alone is restarted and the socket
+      # keeps queueing connections meanwhile.
+      stopIfChanged = lib.mkIf cfg.socketActivation false;
 
       serviceConfig = {
-        Type = if sdNotify then "notify" else "simple";
-        NotifyAccess = lib.mkIf sdNotify "main";
+        # The gateway says READY=1 once it listens, RELOADING=1 then READY=1
+        # around a reload and STOPPING=1 on SIGTERM.
+        Type = "notify";
+        NotifyAccess = "main";
         ExecStart = "${lib.getExe cfg.package} run --config ${configPath}";
         # Check first, like nixpkgs' haproxy module: a config that does not
         # pass is reported by `systemctl reload` and never reaches the gateway
@@ -578,6 +638,10 @@ in
 
         # Hardening, after nixpkgs' rathole module.
         DynamicUser = true;
+        # Needed without socket activation to bind ports below 1024, and kept
+        # with it: systemd passes the sockets its socket unit holds, but a
+        # listener added by a later switch is bound by the gateway itself
+        # until the socket unit is restarted (see socketActivation).
         AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
         CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
         NoNewPrivileges = true;

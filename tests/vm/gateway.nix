@@ -199,7 +199,7 @@ in
           )
           gateway.succeed("systemctl restart --no-block sni-edge.service")
           gateway.wait_until_succeeds(
-              "test \"$(systemctl show --property ActiveState --value sni-edge.service)\" != active",
+              'test "$(systemctl show --property ActiveState --value sni-edge.service)" != active',
               timeout=10,
           )
           # One attempt, no retries, made while the old process is stopping and
