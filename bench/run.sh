@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Benchmark: sni-edge against HAProxy, nginx stream and sniproxy (all from Debian) and against
+# no gateway at all, on identical work, in one run. See bench/README.md.
+#
+#   sudo bench/run.sh            full run (about 10 minutes), table on stdout and in
+#                                bench/results/RESULTS-<date>.md
+#   BENCH_QUICK=1 bench/run.sh   short smoke run (fewer, shorter rounds; not for publishing)
+#
+# Environment: SNI_EDGE (use this binary, skip the build), CARGO_TARGET_DIR (where to build;
+# default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
+# BENCH_KEEP=1 (keep the work directory with configs and logs).
+#
+# Topology (network namespaces, veth, RFC 5737 addresses):
+#   client 198.51.100.10 --- 198.51.100.1 gateway 192.0.2.1 --- 192.0.2.20 backend
+# The gateway namespace runs all four gateways (on ports 443..446; only the one being measured
+# is busy) and routes in the kernel for the direct path (client -> backend:8443, no gateway
+# process). Load generator on CPU 0; gateways and backend on CPU 1 (taskset).
+set -uo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+
+log() { printf '# %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (network namespaces need it): sudo bench/run.sh"
+[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (load generator on CPU 0, gateway and backend on CPU 1)"
+
+# --- packages ---------------------------------------------------------------------------------
+ensure_packages() {
+  local missing=() pair cmd pkg
+  for pair in nginx:nginx haproxy:haproxy sniproxy:sniproxy curl:curl openssl:openssl \
+              ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3 taskset:util-linux \
+              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git; do
+    cmd=${pair%%:*} pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  if [ "${BENCH_NO_PROFILE:-0}" != 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+  [ ${#missing[@]} = 0 ] && return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  log "installing missing packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    >/dev/null || die "apt-get install ${missing[*]} failed"
+}
+ensure_packages
+
+# --- state and cleanup ------------------------------------------------------------------------
+ID=$$
+P=seb-$ID
+NS_C=$P-c NS_G=$P-g NS_B=$P-b
+WORK=$(mktemp -d /tmp/sni-edge-bench.XXXXXX) || die "mktemp"
+chmod 755 "$WORK"          # nginx workers run as nobody and read the backend's files here
+: > "$WORK/pids"
+: > "$WORK/netns"
+
+# Kills what this run started: recorded PIDs (only while they still live in one of our
+# namespaces, so a reused PID is never hit), then anything left in our namespaces, by PID.
+cleanup() {
+  local rc=$? pid inodes=" " ns n mine=()
+  trap - EXIT INT TERM
+  while read -r ns; do
+    [ -n "$ns" ] && inodes+="$(stat -L -c %i "/run/netns/$ns" 2>/dev/null) "
+  done < "$WORK/netns"
+  while read -r pid _; do
+    [ -n "$pid" ] || continue
+    n=$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null) || continue
+    case $inodes in *" $n "*) mine+=("$pid") ;; esac
+  done < "$WORK/pids"
+  for pid in "${mine[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for n in $(seq 1 30); do
+    local alive=0
+    for pid in "${mine[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${mine[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  while read -r ns; do
+    [ -n "$ns" ] || continue
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+  done < "$WORK/netns"
+  sleep 0.2
+  while read -r ns; do [ -n "$ns" ] && ip netns del "$ns" 2>/dev/null; done < "$WORK/netns"
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc != 0 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the gateway binary and the load generator ------------------------------------------------
+if [ -n "${SNI_EDGE:-}" ]; then
+  [ -x "$SNI_EDGE" ] || die "SNI_EDGE=$SNI_EDGE is not an executable"
+else
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust, or set SNI_EDGE to a built binary"
+  log "building sni-edge (cargo build --release)"
+  (cd "$REPO" && cargo build --release -q) || die "cargo build failed"
+  SNI_EDGE=${CARGO_TARGET_DIR:-$REPO/target}/release/sni-edge
+  [ -x "$SNI_EDGE" ] || die "no binary at $SNI_EDGE"
+fi
+gcc -O2 -Wall -o "$WORK/tlsload" "$BENCH_DIR/tlsload.c" -lssl -lcrypto || die "compiling tlsload"
+
+# --- topology ---------------------------------------------------------------------------------
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+add_ns() {
+  ip netns add "$1" || die "ip netns add $1"
+  echo "$1" >> "$WORK/netns"
+  in_ns "$1" ip link set lo up
+  # Many short connections, 10k idle ones: wide port range, TIME_WAIT reuse, deep backlogs.
+  in_ns "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 \
+    net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 >/dev/null
+}
+log "topology: namespaces $NS_C $NS_G $NS_B"
+add_ns "$NS_C"; add_ns "$NS_G"; add_ns "$NS_B"
+ip link add eth0 netns "$NS_C" type veth peer name c0 netns "$NS_G" || die "veth client"
+ip link add b0 netns "$NS_G" type veth peer name eth0 netns "$NS_B" || die "veth backend"
+in_ns "$NS_C" ip addr add 198.51.100.10/24 dev eth0
+in_ns "$NS_G" ip addr add 198.51.100.1/24 dev c0
+in_ns "$NS_G" ip addr add 192.0.2.1/24 dev b0
+in_ns "$NS_B" ip addr add 192.0.2.20/24 dev eth0
+for l in "$NS_C eth0" "$NS_G c0" "$NS_G b0" "$NS_B eth0"; do in_ns ${l% *} ip link set ${l#* } up; done
+in_ns "$NS_C" ip route add 192.0.2.0/24 via 198.51.100.1
+in_ns "$NS_B" ip route add 198.51.100.0/24 via 192.0.2.1
+in_ns "$NS_G" sysctl -qw net.ipv4.ip_forward=1      # the direct path only
+# The client sends real segments (no GSO/TSO): a 1.9 KB ClientHello arrives as two TCP segments,
+# as from a real NIC. Bulk data flows the other way and keeps the veth's offloads.
+in_ns "$NS_C" ethtool -K eth0 tso off gso off >/dev/null 2>&1 || true
+sleep 0.3
+
+# --- certificates -----------------------------------------------------------------------------
+mkdir -p "$WORK/tls"
+openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
+  -keyout "$WORK/tls/ca.key" -out "$WORK/tls/ca.pem" -subj "/CN=sni-edge bench CA $ID" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null || die "CA"
+openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=bench.example.test" \
+  -keyout "$WORK/tls/server.key" -out "$WORK/tls/server.csr" 2>/dev/null || die "CSR"
+printf 'subjectAltName=DNS:bench.example.test\nextendedKeyUsage=serverAuth\n' > "$WORK/tls/ext"
+openssl x509 -req -in "$WORK/tls/server.csr" -CA "$WORK/tls/ca.pem" -CAkey "$WORK/tls/ca.key" \
+  -CAcreateserial -days 2 -extfile "$WORK/tls/ext" -out "$WORK/tls/server.pem" 2>/dev/null || die "cert"
+chmod 755 "$WORK/tls"; chmod 644 "$WORK/tls/"*
+
+# --- measure ----------------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+export WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR
+python3 "$BENCH_DIR/bench.py"
