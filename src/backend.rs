@@ -116,12 +116,11 @@ pub struct Backend {
     next: AtomicUsize,
 }
 
-/// An open connection to one of a backend's servers.
+/// An open connection to one of a backend's servers. Kept small: it lives
+/// as long as the relayed connection.
 #[derive(Debug)]
 pub struct Upstream {
     pub stream: TcpStream,
-    pub server: String,
-    pub address: SocketAddr,
     _slot: ServerSlot,
 }
 
@@ -181,7 +180,8 @@ impl Backend {
             match self.connect_one(server).await {
                 Ok((stream, address)) => {
                     metrics.connect_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                    return Ok(Upstream { stream, server: server.address.to_string(), address, _slot: slot });
+                    tracing::Span::current().record("server", tracing::field::display(address));
+                    return Ok(Upstream { stream, _slot: slot });
                 }
                 Err(error) => {
                     metrics.connect_failures.get_or_create(&labels).inc();

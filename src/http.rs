@@ -78,7 +78,7 @@ pub async fn serve(
     let started = Instant::now();
     let deadline = started + config.timeouts.http_request;
     let mut buf = Vec::new();
-    let addresses = addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started).await?;
+    let addresses = Box::pin(addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started)).await?;
     let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await
     {
         Ok(request) => request,
@@ -108,7 +108,7 @@ pub async fn serve(
             if !is_acme_token_path(&request.path) {
                 return answer(stream, 400, None, Refusal::BadRequest("not an ACME token path")).await;
             }
-            return forward(stream, cx, addresses, backend, buf).await;
+            return forward(cx, addresses, backend, buf).await;
         }
     }
     let location = format!("https://{name}{}", request.path);

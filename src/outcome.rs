@@ -3,17 +3,17 @@
 //! counted.
 
 use crate::backend::ConnectError;
+use crate::backend::Upstream;
 use crate::hello::HelloError;
 use crate::proxy_header::ProxyHeaderError;
-use crate::relay::RelayEnd;
 use std::io;
 use std::time::Duration;
 
-/// A connection that was served.
+/// What a listener's path decided for a connection it accepted.
 #[derive(Debug)]
 pub enum Served {
-    /// Relayed to a backend until both sides finished (`None`) or it ended otherwise.
-    Relayed(Option<RelayEnd>),
+    /// Connected upstream, header and first bytes written: relay next.
+    Forwarded(Upstream),
     /// Answered by the gateway itself (HTTP redirect or error).
     Answered(u16),
 }

@@ -10,7 +10,7 @@ use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
 use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served};
-use crate::relay::Counters;
+use crate::relay::{relay, Counters, RelayEnd};
 use crate::{health, http, systemd, tls};
 use std::collections::HashMap;
 use std::io;
@@ -294,7 +294,7 @@ async fn accept_loop(
             }
         };
         let config = config.borrow().clone();
-        let Some(listener) = config.listeners.iter().find(|l| l.address == address).cloned() else {
+        let Some(listener) = config.listeners.iter().position(|l| l.address == address) else {
             return;
         };
         let _ = stream.set_nodelay(true);
@@ -302,40 +302,59 @@ async fn accept_loop(
     }
 }
 
-/// One connection: admission, the protocol's data path, one log line and
-/// the metrics, from the same outcome.
-async fn connection(
+type BoxedServe<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Served, Refusal>> + Send + 'a>>;
+
+/// How a served connection ended.
+enum Ended {
+    /// Relayed until both sides finished (`None`), or ended otherwise.
+    Relayed(Option<RelayEnd>),
+    Answered(u16),
+}
+
+/// One connection: admission, the protocol's path up to the decision, the
+/// relay, then one log line and the metrics, from the same outcome.
+///
+/// A plain fn returning the future, not an `async fn`: an async fn keeps
+/// room for its arguments after moving them, for the connection's whole life.
+fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    listener: Listener,
+    listener: usize,
     config: Arc<Config>,
     shared: Arc<Shared>,
-) {
-    let span = tracing::info_span!("conn", client = %peer, listener = %listener.address, sni = Empty, route = Empty, server = Empty);
+) -> impl std::future::Future<Output = ()> {
+    let address = config.listeners[listener].address;
+    let span =
+        tracing::info_span!("conn", client = %peer, listener = %address, sni = Empty, route = Empty, server = Empty);
     async move {
+        let listener = &config.listeners[listener];
         let started = Instant::now();
         let counters = Counters::default();
         let metrics = &shared.metrics;
-        let cx = Connection {
-            peer,
-            listener: &listener,
-            config: &config,
-            counters: &counters,
-            metrics,
-            route: Default::default(),
-        };
+        let cx =
+            Connection { peer, listener, config: &config, counters: &counters, metrics, route: Default::default() };
         metrics.active.inc();
-        let result = match Admission::new(&shared, &config, &listener, peer) {
+        let result = match Admission::new(&shared, &config, listener, peer) {
             Err(limit) => Err(Refusal::Limit(limit)),
             Ok(admission) => {
                 let handshake_done = || {
                     admission.handshake_done();
                     metrics.client_hello_seconds.observe(started.elapsed().as_secs_f64());
                 };
+                // Everything up to the relay is boxed: its state is freed
+                // before the relay starts, and a relayed connection, which
+                // may stay open for hours, keeps only the relay's.
                 let served = async {
-                    match listener.protocol {
-                        Protocol::Tls => tls::serve(&mut stream, &cx, handshake_done).await,
-                        Protocol::Http => http::serve(&mut stream, &cx, handshake_done).await,
+                    let decide = match listener.protocol {
+                        Protocol::Tls => Box::pin(tls::serve(&mut stream, &cx, handshake_done)) as BoxedServe<'_>,
+                        Protocol::Http => Box::pin(http::serve(&mut stream, &cx, handshake_done)),
+                    };
+                    let decided = decide.await?;
+                    match decided {
+                        Served::Forwarded(mut upstream) => Ok(Ended::Relayed(
+                            relay(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters).await.err(),
+                        )),
+                        Served::Answered(status) => Ok(Ended::Answered(status)),
                     }
                 };
                 tokio::select! {
@@ -350,8 +369,8 @@ async fn connection(
         let ms = started.elapsed().as_millis() as u64;
         let route = cx.route.get().cloned().unwrap_or_default();
         let outcome = match &result {
-            Ok(Served::Relayed(_)) => "relayed",
-            Ok(Served::Answered(_)) => "answered",
+            Ok(Ended::Relayed(_)) => "relayed",
+            Ok(Ended::Answered(_)) => "answered",
             Err(_) => "refused",
         };
         let protocol = match listener.protocol {
@@ -364,9 +383,9 @@ async fn connection(
             metrics.bytes.get_or_create(&BytesLabels { route, direction: "down" }).inc_by(down);
         }
         match result {
-            Ok(Served::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
-            Ok(Served::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
-            Ok(Served::Answered(status)) => tracing::info!(outcome, status, ms, "answered"),
+            Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
+            Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
+            Ok(Ended::Answered(status)) => tracing::info!(outcome, status, ms, "answered"),
             Err(refusal) => {
                 metrics.refusals.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
                 tracing::info!(outcome, reason = refusal.reason(), up, down, ms, "refused: {refusal}")
@@ -374,7 +393,6 @@ async fn connection(
         }
     }
     .instrument(span)
-    .await
 }
 
 /// A connection's places in the limits, given back on drop.
@@ -432,5 +450,32 @@ impl Drop for Admission<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open connection holds its task's future: this is most of what an
+    /// idle relayed connection costs in user space.
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = Config::parse(
+            &format!(
+                r#"{{ "listeners": [{{ "address": "{address}", "protocol": "tls" }}],
+                     "routes": [{{ "names": ["a.test"], "backend": "b" }}],
+                     "backends": {{ "b": {{ "servers": ["127.0.0.1:9"] }} }} }}"#
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        let client = TcpStream::connect(address).await.unwrap();
+        let future = connection(client, address, 0, Arc::new(config), Arc::default());
+        let size = std::mem::size_of_val(&future);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 1024, "the connection future grew to {size} bytes");
     }
 }

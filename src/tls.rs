@@ -28,19 +28,19 @@ pub async fn serve(
     let started = Instant::now();
     let deadline = started + config.timeouts.client_hello;
     let mut buf = Vec::new();
-    let addresses = addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started).await?;
-    let hello = read_until(stream, &mut buf, MAX_READ, deadline, started, hello::parse).await?;
+    let addresses = Box::pin(addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started)).await?;
+    let hello = Box::pin(read_until(stream, &mut buf, MAX_READ, deadline, started, hello::parse)).await?;
     handshake_done();
     let name = match hello.server_name {
         Requested::Host(name) => name,
-        Requested::NoName => return Err(refuse(stream, Refusal::NoName).await),
+        Requested::NoName => return Err(Box::pin(refuse(stream, Refusal::NoName)).await),
     };
     tracing::Span::current().record("sni", display(&name));
     let Some(route) = config.route_for(&name) else {
-        return Err(refuse(stream, Refusal::UnknownName(name.to_string())).await);
+        return Err(Box::pin(refuse(stream, Refusal::UnknownName(name.to_string()))).await);
     };
     cx.routed(&route.name);
-    forward(stream, cx, addresses, &route.backend, buf).await
+    forward(cx, addresses, &route.backend, buf).await
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {
