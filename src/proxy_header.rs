@@ -93,53 +93,62 @@ const V1_MAX_LEN: usize = 107;
 /// Looks for a PROXY v1 or v2 header at the start of `buf`.
 /// `Ok(None)` means more bytes are needed.
 pub fn parse(buf: &[u8]) -> Result<Option<Inbound>, ProxyHeaderError> {
-    use ppp::{HeaderResult, PartialResult};
-    // ppp judges a v1 line before it is complete ("... 40000 " is an invalid
-    // port to it), so a v1 header is handed over only once its line ends.
-    let v1_prefix = &b"PROXY "[..buf.len().min(6)];
-    if buf.starts_with(v1_prefix) && !buf[..buf.len().min(V1_MAX_LEN)].contains(&b'\n') {
-        return match buf.len() < V1_MAX_LEN {
-            true => Ok(None),
-            false => Err(ProxyHeaderError::Invalid("PROXY v1 line longer than 107 bytes".to_owned())),
+    use ppp::PartialResult;
+    let invalid = |e: &dyn std::fmt::Display| ProxyHeaderError::Invalid(e.to_string());
+    // A v1 header is one line ending in CRLF, at most 107 bytes, and only
+    // that line is handed to ppp: given more, it judges a line before its end
+    // ("... 40000 " is an invalid port to it) or, after a bare LF, reads on
+    // past it.
+    if buf.starts_with(&b"PROXY "[..buf.len().min(6)]) {
+        let window = &buf[..buf.len().min(V1_MAX_LEN)];
+        let Some(lf) = window.iter().position(|b| *b == b'\n') else {
+            return match buf.len() < V1_MAX_LEN {
+                true => Ok(None),
+                false => Err(invalid(&"PROXY v1 line longer than 107 bytes")),
+            };
+        };
+        if lf == 0 || window[lf - 1] != b'\r' || window[..lf - 1].contains(&b'\r') {
+            return Err(invalid(&"PROXY v1 line not ended by one CRLF"));
+        }
+        return match ppp::v1::Header::try_from(&buf[..=lf]) {
+            Ok(header) if header.header.len() == lf + 1 => {
+                Ok(Some(Inbound { len: lf + 1, addresses: v1_addresses(&header) }))
+            }
+            Ok(_) => Err(invalid(&"PROXY v1 line not understood")),
+            Err(e) => Err(invalid(&e)),
         };
     }
-    let result = HeaderResult::parse(buf);
+    let result = ppp::v2::Header::try_from(buf);
     if result.is_incomplete() {
         return Ok(None);
     }
-    let invalid = |e: &dyn std::fmt::Display| ProxyHeaderError::Invalid(e.to_string());
-    match result {
-        HeaderResult::V1(Ok(header)) => {
-            let addresses = match header.addresses {
-                ppp::v1::Addresses::Tcp4(a) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
-                ppp::v1::Addresses::Tcp6(a) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
-                ppp::v1::Addresses::Unknown => None,
-            };
-            Ok(Some(Inbound { len: header.header.len(), addresses }))
-        }
-        HeaderResult::V2(Ok(header)) => {
-            let addresses = match (header.command, header.addresses) {
-                (ppp::v2::Command::Local, _) => None,
-                (_, ppp::v2::Addresses::IPv4(a)) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
-                (_, ppp::v2::Addresses::IPv6(a)) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
-                (_, _) => None,
-            };
-            Ok(Some(Inbound { len: header.len(), addresses }))
-        }
-        HeaderResult::V1(Err(e)) => Err(invalid(&e)),
-        HeaderResult::V2(Err(e)) => Err(invalid(&e)),
+    let header = result.map_err(|e| invalid(&e))?;
+    let addresses = match (header.command, header.addresses) {
+        (ppp::v2::Command::Local, _) => None,
+        (_, ppp::v2::Addresses::IPv4(a)) => Some((
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port),
+        )),
+        (_, ppp::v2::Addresses::IPv6(a)) => Some((
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port),
+        )),
+        (_, _) => None,
+    };
+    Ok(Some(Inbound { len: header.len(), addresses }))
+}
+
+fn v1_addresses(header: &ppp::v1::Header<'_>) -> Option<(SocketAddr, SocketAddr)> {
+    match header.addresses {
+        ppp::v1::Addresses::Tcp4(a) => Some((
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port),
+        )),
+        ppp::v1::Addresses::Tcp6(a) => Some((
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port),
+        )),
+        ppp::v1::Addresses::Unknown => None,
     }
 }
 
@@ -231,6 +240,19 @@ mod tests {
         assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Some(Inbound { len: 15, addresses: None })));
         let local = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0x00, 0x00, 0x00]].concat();
         assert_eq!(parse(&local), Ok(Some(Inbound { len: 16, addresses: None })));
+    }
+
+    /// Inputs the fuzzer found (fuzz/artifacts/proxy_header): a bare LF let
+    /// the header run on into the bytes after it.
+    #[test]
+    fn a_v1_line_ends_at_its_first_crlf_and_nowhere_else() {
+        assert!(parse(b"PROXY UNKNOWN \nxyz\r\n").is_err());
+        assert!(parse(b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443 \nGET / HTTP/1.1\r\n").is_err());
+        assert!(parse(b"PROXY UNKNOWN ffff:ff#f:ffT\n!\0\0\0f:ffff:ffff:55356 65535\r\n").is_err());
+        assert!(parse(b"PROXY UNKNOWN a\rb\r\n").is_err());
+        assert!(parse(b"PROXY TCP4 203.0.113.10 198.51.100.1 40000 443\r").unwrap().is_none());
+        let line = b"PROXY TCP4 203.0.113.10 198.51.100.1 40000 443\r\n";
+        assert_eq!(parse(&[&line[..], b"\x16\x03\x01"].concat()).unwrap().unwrap().len, line.len());
     }
 
     #[test]
