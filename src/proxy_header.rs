@@ -123,6 +123,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<Inbound>, ProxyHeaderError> {
         return Ok(None);
     }
     let header = result.map_err(|e| invalid(&e))?;
+    // This is a TCP connection: a header that says UDP describes another one.
+    if header.command == ppp::v2::Command::Proxy && header.protocol == ppp::v2::Protocol::Datagram {
+        return Err(invalid(&"PROXY v2 header for a datagram connection"));
+    }
     let addresses = match (header.command, header.addresses) {
         (ppp::v2::Command::Local, _) => None,
         (_, ppp::v2::Addresses::IPv4(a)) => Some((
@@ -253,6 +257,18 @@ mod tests {
         assert!(parse(b"PROXY TCP4 203.0.113.10 198.51.100.1 40000 443\r").unwrap().is_none());
         let line = b"PROXY TCP4 203.0.113.10 198.51.100.1 40000 443\r\n";
         assert_eq!(parse(&[&line[..], b"\x16\x03\x01"].concat()).unwrap().unwrap().len, line.len());
+    }
+
+    #[test]
+    fn a_v2_header_for_udp_is_refused() {
+        let udp = [
+            &b"\r\n\r\n\0\r\nQUIT\n\x21\x12\x00\x0c"[..],
+            &[203, 0, 113, 10, 198, 51, 100, 1],
+            &40000u16.to_be_bytes(),
+            &443u16.to_be_bytes(),
+        ]
+        .concat();
+        assert!(parse(&udp).is_err());
     }
 
     #[test]
