@@ -2,7 +2,7 @@
 //! it with a timeout and a retry on the next server.
 
 use crate::health::HealthCheck;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerLabels};
 use crate::names::{HostName, Requested};
 use crate::proxy_header;
 use serde::Deserialize;
@@ -75,11 +75,14 @@ pub struct Server {
     active: Arc<AtomicUsize>,
     /// Cleared by the health checker while the server fails its checks.
     pub up: AtomicBool,
+    /// Its metric labels, made once rather than at every connect.
+    pub labels: ServerLabels,
 }
 
 impl Server {
     pub fn new(address: ServerAddress, max_connections: Option<u32>) -> Server {
-        Server { address, max_connections, active: Arc::default(), up: AtomicBool::new(true) }
+        let labels = ServerLabels { backend: String::new(), server: address.to_string() };
+        Server { address, max_connections, active: Arc::default(), up: AtomicBool::new(true), labels }
     }
 
     pub fn is_up(&self) -> bool {
@@ -143,6 +146,10 @@ impl Backend {
         connect_timeout: Duration,
         health_check: Option<HealthCheck>,
     ) -> Backend {
+        let mut servers = servers;
+        for server in &mut servers {
+            server.labels.backend = name.clone();
+        }
         Backend { name, servers, proxy_protocol, balance, connect_timeout, health_check, next: AtomicUsize::new(0) }
     }
 
@@ -175,16 +182,16 @@ impl Backend {
         let mut last = None;
         for server in (0..n).map(|i| &self.servers[(start + i) % n]).filter(|s| s.is_up()) {
             let Some(slot) = server.take_slot() else { continue };
-            let labels = Metrics::server_labels(&self.name, &server.address.to_string());
+            let labels = &server.labels;
             let started = std::time::Instant::now();
             match self.connect_one(server).await {
                 Ok((stream, address)) => {
-                    metrics.connect_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                    metrics.connect_seconds.get_or_create(labels).observe(started.elapsed().as_secs_f64());
                     tracing::Span::current().record("server", tracing::field::display(address));
                     return Ok(Upstream { stream, _slot: slot });
                 }
                 Err(error) => {
-                    metrics.connect_failures.get_or_create(&labels).inc();
+                    metrics.connect_failures.get_or_create(labels).inc();
                     tracing::debug!(backend = %self.name, server = %server.address, %error, "connect failed");
                     last = Some((server.address.to_string(), error));
                 }

@@ -23,13 +23,13 @@ pub struct Connection<'a> {
     pub counters: &'a Counters,
     pub metrics: &'a Metrics,
     /// The route's name once one is chosen, for the log line and metrics.
-    pub route: OnceLock<String>,
+    pub route: OnceLock<&'a str>,
 }
 
-impl Connection<'_> {
-    pub fn routed(&self, route: &str) {
+impl<'a> Connection<'a> {
+    pub fn routed(&self, route: &'a str) {
         tracing::Span::current().record("route", route);
-        let _ = self.route.set(route.to_owned());
+        let _ = self.route.set(route);
     }
 }
 

@@ -66,8 +66,7 @@ fn default_fall() -> u32 {
 pub fn spawn_all(config: &Config, metrics: &Arc<Metrics>, stop: &CancellationToken) {
     for backend in &config.backends {
         for (index, server) in backend.servers.iter().enumerate() {
-            let labels = Metrics::server_labels(&backend.name, &server.address.to_string());
-            metrics.server_up.get_or_create(&labels).set(i64::from(server.is_up()));
+            metrics.server_up.get_or_create(&server.labels).set(i64::from(server.is_up()));
             if let Some(check) = &backend.health_check {
                 let task = watch(backend.clone(), index, check.clone(), metrics.clone());
                 let stop = stop.clone();
@@ -84,7 +83,7 @@ pub fn spawn_all(config: &Config, metrics: &Arc<Metrics>, stop: &CancellationTok
 
 async fn watch(backend: Arc<Backend>, index: usize, check: HealthCheck, metrics: Arc<Metrics>) {
     let server = &backend.servers[index];
-    let labels = Metrics::server_labels(&backend.name, &server.address.to_string());
+    let labels = &server.labels;
     let (mut successes, mut failures) = (0u32, 0u32);
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,7 +100,7 @@ async fn watch(backend: Arc<Backend>, index: usize, check: HealthCheck, metrics:
                 successes = successes.saturating_add(1);
                 if !up && successes >= check.rise {
                     server.up.store(true, Ordering::Release);
-                    metrics.server_up.get_or_create(&labels).set(1);
+                    metrics.server_up.get_or_create(labels).set(1);
                     tracing::info!(backend = %backend.name, server = %server.address, "server up");
                 }
             }
@@ -110,7 +109,7 @@ async fn watch(backend: Arc<Backend>, index: usize, check: HealthCheck, metrics:
                 failures = failures.saturating_add(1);
                 if up && failures >= check.fall {
                     server.up.store(false, Ordering::Release);
-                    metrics.server_up.get_or_create(&labels).set(0);
+                    metrics.server_up.get_or_create(labels).set(0);
                     tracing::warn!(backend = %backend.name, server = %server.address, %error, "server down");
                 } else {
                     tracing::debug!(backend = %backend.name, server = %server.address, %error, "health check failed");

@@ -141,10 +141,6 @@ impl Metrics {
         }
         self.reloads.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
     }
-
-    pub fn server_labels(backend: &str, server: &str) -> ServerLabels {
-        ServerLabels { backend: backend.to_owned(), server: server.to_owned() }
-    }
 }
 
 /// Serves the metrics on `listener` until `stop`: any GET answers with the

@@ -367,7 +367,7 @@ fn connection(
         let up = counters.up.load(Ordering::Relaxed);
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
-        let route = cx.route.get().cloned().unwrap_or_default();
+        let route = cx.route.get().copied().unwrap_or_default().to_owned();
         let outcome = match &result {
             Ok(Ended::Relayed(_)) => "relayed",
             Ok(Ended::Answered(_)) => "answered",
