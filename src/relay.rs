@@ -3,12 +3,13 @@
 //! The relay is one small future that polls both sockets' readiness
 //! directly: waiting costs no buffer, no pipe and no per-wait state, so an
 //! idle connection is cheap. When a socket is readable, the burst is moved at
-//! once, inside `poll`: with splice(2) from the socket into a pipe and from
-//! the pipe into the other socket, in the kernel, never copied through this
-//! process. A pipe is borrowed from a shared pool and given back empty; if
-//! none can be had (out of file descriptors), the burst is copied through a
-//! stack buffer instead. Bytes the other side cannot take yet stay in the
-//! pipe (or a small buffer) until it is writable.
+//! once, inside `poll`. Its first 16 KiB go through a stack buffer (one read,
+//! one write: enough for every handshake record); a burst larger than that
+//! is bulk, and the rest moves with splice(2) from the socket into a pipe and
+//! from the pipe into the other socket, in the kernel, never copied through
+//! this process. A pipe is borrowed from a shared pool and given back empty.
+//! Bytes the other side cannot take yet stay in the pipe (or a small buffer)
+//! until it is writable.
 //!
 //! When one side ends its sending (EOF), the other side's sending direction
 //! is shut down and the rest keeps flowing: half-closed connections lose
@@ -17,19 +18,24 @@
 //! answers and closes); a failed read means that side is gone, and ends the
 //! relay.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-/// The most one splice or read moves: the default pipe capacity.
+/// The most one splice moves: the default pipe capacity.
 const CHUNK: usize = 64 * 1024;
+/// The stack buffer a burst is first read into; a burst that fills it is bulk.
+const SMALL: usize = 16 * 1024;
 /// Bursts one direction moves before letting other tasks run.
 const BURSTS_PER_POLL: usize = 16;
 
@@ -50,57 +56,88 @@ pub enum RelayEnd {
     Io(#[from] io::Error),
 }
 
+pin_project_lite::pin_project! {
+    /// The relay of one connection: both directions and the idle timer, in
+    /// one struct rather than an async fn, so that nothing is stored twice.
+    pub struct Relay<'a> {
+        up: Direction<'a>,
+        down: Direction<'a>,
+        counters: &'a Counters,
+        idle: Duration,
+        last_activity: Instant,
+        // The first failed write; the relay still finishes the other way.
+        write_error: Option<io::Error>,
+        #[pin]
+        timer: Sleep,
+    }
+}
+
 /// Relays until both directions have ended, or nothing moved for `idle`.
-pub async fn relay(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+pub fn relay<'a>(
+    client: &'a mut TcpStream,
+    server: &'a mut TcpStream,
     idle: Duration,
-    counters: &Counters,
-) -> Result<(), RelayEnd> {
-    let (client, server): (&TcpStream, &TcpStream) = (client, server);
-    let mut up = Direction::default();
-    let mut down = Direction::default();
-    let mut last_activity = Instant::now();
-    let timer = tokio::time::sleep(idle);
-    tokio::pin!(timer);
-    poll_fn(|cx| {
+    counters: &'a Counters,
+) -> Relay<'a> {
+    let (client_read, client_write) = client.split();
+    let (server_read, server_write) = server.split();
+    Relay {
+        up: Direction::new(client_read, server_write),
+        down: Direction::new(server_read, client_write),
+        counters,
+        idle,
+        last_activity: Instant::now(),
+        write_error: None,
+        timer: tokio::time::sleep(idle),
+    }
+}
+
+impl Future for Relay<'_> {
+    type Output = Result<(), RelayEnd>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
         let mut moved = false;
-        for (direction, from, to, count) in
-            [(&mut up, client, server, &counters.up), (&mut down, server, client, &counters.down)]
-        {
-            if direction.end.is_none() {
-                match direction.poll_move(cx, from, to, count) {
-                    Progress::Moved => moved = true,
-                    Progress::Waiting => {}
-                    Progress::Ended(end) => direction.end = Some(end),
-                    Progress::ReadFailed(e) => return Poll::Ready(Err(RelayEnd::Io(e))),
+        for (direction, count) in [(&mut *this.up, &this.counters.up), (&mut *this.down, &this.counters.down)] {
+            if direction.done {
+                continue;
+            }
+            match direction.poll_move(cx, count) {
+                Progress::Moved => moved = true,
+                Progress::Waiting => {}
+                Progress::Ended(error) => {
+                    direction.done = true;
+                    if this.write_error.is_none() {
+                        *this.write_error = error;
+                    }
                 }
+                Progress::ReadFailed(e) => return Poll::Ready(Err(RelayEnd::Io(e))),
             }
         }
-        match (&mut up.end, &mut down.end) {
-            (Some(a), Some(b)) => return Poll::Ready(a.take().or(b.take()).map_or(Ok(()), |e| Err(RelayEnd::Io(e)))),
-            _ if moved => last_activity = Instant::now(),
-            _ => {}
+        if this.up.done && this.down.done {
+            return Poll::Ready(this.write_error.take().map_or(Ok(()), |e| Err(RelayEnd::Io(e))));
+        }
+        if moved {
+            *this.last_activity = Instant::now();
         }
         // The timer is moved forward only when it fires, not at every burst.
-        while timer.as_mut().poll(cx).is_ready() {
-            if last_activity.elapsed() >= idle {
-                return Poll::Ready(Err(RelayEnd::Idle(idle)));
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if this.last_activity.elapsed() >= *this.idle {
+                return Poll::Ready(Err(RelayEnd::Idle(*this.idle)));
             }
-            timer.as_mut().reset(last_activity + idle);
+            let next = *this.last_activity + *this.idle;
+            this.timer.as_mut().reset(next);
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 /// One direction: bytes read from one socket and not yet written to the other.
-#[derive(Default)]
-struct Direction {
+struct Direction<'a> {
+    from: ReadHalf<'a>,
+    to: WriteHalf<'a>,
     held: Held,
-    /// `Some` once this direction is over: `None` inside after EOF, the
-    /// error after a failed write.
-    end: Option<Option<io::Error>>,
+    done: bool,
 }
 
 #[derive(Default)]
@@ -114,41 +151,61 @@ enum Held {
 enum Progress {
     Moved,
     Waiting,
+    /// The direction is over: after EOF (`None`) or a failed write.
     Ended(Option<io::Error>),
     ReadFailed(io::Error),
 }
 
-impl Direction {
+impl<'a> Direction<'a> {
+    fn new(from: ReadHalf<'a>, to: WriteHalf<'a>) -> Self {
+        Direction { from, to, held: Held::Nothing, done: false }
+    }
+
     /// Moves what it can, adding what it reads to `count` as it goes (an
     /// EOF right after a burst must not lose the burst's count).
-    fn poll_move(&mut self, cx: &mut Context<'_>, from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Progress {
+    ///
+    /// A burst is first read into a stack buffer through tokio's read path,
+    /// which takes a short read as "drained" and so needs no extra read to
+    /// learn that the socket would block: the small records of a handshake
+    /// cost one read and one write each. A burst that fills the buffer is
+    /// bulk, and the rest of it goes through a pipe with splice.
+    fn poll_move(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Progress {
         let mut total = 0;
         for _ in 0..BURSTS_PER_POLL {
             // First hand over what is held; only then read more.
-            match self.poll_flush(cx, to) {
+            match self.poll_flush(cx) {
                 Poll::Pending => return progress(total),
                 Poll::Ready(Err(e)) => return Progress::Ended(Some(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            match from.poll_read_ready(cx) {
+            let mut stack = [MaybeUninit::<u8>::uninit(); SMALL];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            match Pin::new(&mut self.from).poll_read(cx, &mut buf) {
                 Poll::Pending => return progress(total),
                 Poll::Ready(Err(e)) => return Progress::ReadFailed(e),
                 Poll::Ready(Ok(())) => {}
             }
-            match self.read(from) {
-                Ok(0) => {
-                    // The sender is done: pass the half-close on. An error
-                    // here means the other side is gone already.
-                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                    return Progress::Ended(None);
+            let read = buf.filled();
+            if read.is_empty() {
+                // The sender is done: pass the half-close on. An error here
+                // means the other side is gone already.
+                let _ = socket2::SockRef::from(self.to.as_ref()).shutdown(Shutdown::Write);
+                return Progress::Ended(None);
+            }
+            count.fetch_add(read.len() as u64, Ordering::Relaxed);
+            total += read.len();
+            match Pin::new(&mut self.to).poll_write(cx, read) {
+                Poll::Ready(Ok(n)) if n < read.len() => self.held = Held::Bytes(read[n..].to_vec()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Progress::Ended(Some(e)),
+                Poll::Pending => self.held = Held::Bytes(read.to_vec()),
+            }
+            if read.len() == SMALL {
+                match self.splice_burst(cx, count, &mut total) {
+                    Ok(()) => {}
+                    Err(Progress::Waiting) => return progress(total),
+                    Err(end) => return end,
                 }
-                Ok(n) => {
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    total += n;
-                }
-                // Readiness is cleared; the next poll_read_ready registers.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Progress::ReadFailed(e),
             }
         }
         // More may be ready: let other tasks run, then come back.
@@ -156,62 +213,72 @@ impl Direction {
         progress(total)
     }
 
-    /// Reads one burst into a pooled pipe, or into a buffer without one.
-    fn read(&mut self, from: &TcpStream) -> io::Result<usize> {
-        match Pipe::borrow() {
-            Ok(pipe) => {
-                match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
-                    Ok(n) if n > 0 => {
-                        self.held = Held::Pipe(pipe, n);
-                        Ok(n)
-                    }
-                    other => {
-                        pipe.give_back();
-                        other
-                    }
-                }
+    /// The rest of a bulk burst, through a pooled pipe (or the stack buffer
+    /// when no pipe can be had). `Err(Progress::Waiting)` when the writer is
+    /// full; other `Err`s end as they say.
+    fn splice_burst(&mut self, cx: &mut Context<'_>, count: &AtomicU64, total: &mut usize) -> Result<(), Progress> {
+        loop {
+            match self.poll_flush(cx) {
+                Poll::Pending => return Err(Progress::Waiting),
+                Poll::Ready(Err(e)) => return Err(Progress::Ended(Some(e))),
+                Poll::Ready(Ok(())) => {}
             }
-            Err(error) => {
-                tracing::debug!(%error, "no pipe for splice, copying instead");
-                let mut buffer = [0u8; 16 * 1024];
-                let n = from.try_read(&mut buffer)?;
-                self.held = Held::Bytes(buffer[..n].to_vec());
-                Ok(n)
+            let Ok(pipe) = Pipe::borrow() else {
+                // No pipe: the next round reads into the stack buffer.
+                return Ok(());
+            };
+            let from = self.from.as_ref();
+            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
+                Ok(0) => {
+                    pipe.give_back();
+                    // EOF: the next poll_read sees it too and ends the direction.
+                    return Ok(());
+                }
+                Ok(n) => {
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    *total += n;
+                    self.held = Held::Pipe(pipe, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pipe.give_back();
+                    return Ok(());
+                }
+                Err(e) => return Err(Progress::ReadFailed(e)),
             }
         }
     }
 
     /// Writes out what is held; `Ready(Ok)` once nothing is.
-    fn poll_flush(&mut self, cx: &mut Context<'_>, to: &TcpStream) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let result = match &mut self.held {
+            match &mut self.held {
                 Held::Nothing => return Poll::Ready(Ok(())),
                 Held::Pipe(_, 0) => {
                     if let Held::Pipe(pipe, _) = std::mem::take(&mut self.held) {
                         // Only an empty pipe may serve another connection.
                         pipe.give_back();
                     }
-                    continue;
                 }
-                Held::Bytes(bytes) if bytes.is_empty() => {
-                    self.held = Held::Nothing;
-                    continue;
+                Held::Bytes(bytes) if bytes.is_empty() => self.held = Held::Nothing,
+                Held::Pipe(pipe, left) => {
+                    let to = self.to.as_ref();
+                    match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), *left)) {
+                        Ok(n) => *left -= n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match to.poll_write_ready(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Ready(Ok(())) => {}
+                        },
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
                 }
-                Held::Pipe(pipe, left) => to
-                    .try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), *left))
-                    .map(|n| *left -= n),
-                Held::Bytes(bytes) => to.try_write(bytes).map(|n| {
-                    bytes.drain(..n);
-                }),
-            };
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match to.poll_write_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
+                Held::Bytes(bytes) => match Pin::new(&mut self.to).poll_write(cx, bytes) {
+                    Poll::Ready(Ok(n)) => {
+                        bytes.drain(..n);
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending => return Poll::Pending,
                 },
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
