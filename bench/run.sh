@@ -56,33 +56,14 @@ chmod 755 "$WORK"          # nginx workers run as nobody and read the backend's 
 : > "$WORK/pids"
 : > "$WORK/netns"
 
-# Kills what this run started: recorded PIDs (only while they still live in one of our
-# namespaces, so a reused PID is never hit), then anything left in our namespaces, by PID.
+# shellcheck source=tests/lib/netns.sh
+. "$REPO/tests/lib/netns.sh"
+
+# Kills only what this run started and deletes its namespaces (see tests/lib/netns.sh).
 cleanup() {
-  local rc=$? pid inodes=" " ns n mine=()
+  local rc=$?
   trap - EXIT INT TERM
-  while read -r ns; do
-    [ -n "$ns" ] && inodes+="$(stat -L -c %i "/run/netns/$ns" 2>/dev/null) "
-  done < "$WORK/netns"
-  while read -r pid _; do
-    [ -n "$pid" ] || continue
-    n=$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null) || continue
-    case $inodes in *" $n "*) mine+=("$pid") ;; esac
-  done < "$WORK/pids"
-  for pid in "${mine[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for n in $(seq 1 30); do
-    local alive=0
-    for pid in "${mine[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${mine[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  while read -r ns; do
-    [ -n "$ns" ] || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-  done < "$WORK/netns"
-  sleep 0.2
-  while read -r ns; do [ -n "$ns" ] && ip netns del "$ns" 2>/dev/null; done < "$WORK/netns"
+  netns_teardown "$WORK"
   if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc != 0 ]; then
     log "work directory kept: $WORK"
   else

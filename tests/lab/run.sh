@@ -50,42 +50,14 @@ die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (ip netns needs it)"
 
 # --- teardown (also used by --down) ----------------------------------------------------------
-# Kills only what this lab started: the PIDs it recorded, then anything still living in the
-# namespaces it created, by PID. Then deletes those namespaces.
+# shellcheck source=tests/lib/netns.sh
+. "$REPO/tests/lib/netns.sh"
+
+# Kills only what this lab started and deletes its namespaces (see tests/lib/netns.sh).
 teardown_dir() {
-  local dir=$1 pid ns n inodes=" " mine=()
+  local dir=$1
   [ -d "$dir" ] || return 0
-  if [ -f "$dir/netns" ]; then
-    while read -r ns; do
-      [ -n "$ns" ] && inodes+="$(stat -L -c %i "/run/netns/$ns" 2>/dev/null) "
-    done < "$dir/netns"
-  fi
-  # A recorded PID counts only while it still lives in one of our namespaces (no PID reuse).
-  if [ -f "$dir/pids" ]; then
-    while read -r pid _; do
-      [ -n "$pid" ] || continue
-      n=$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null) || continue
-      case $inodes in *" $n "*) mine+=("$pid") ;; esac
-    done < "$dir/pids"
-  fi
-  for pid in "${mine[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for n in $(seq 1 30); do
-    local alive=0
-    for pid in "${mine[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${mine[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  if [ -f "$dir/netns" ]; then
-    while read -r ns; do
-      [ -n "$ns" ] || continue
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-    done < "$dir/netns"
-    sleep 0.1
-    while read -r ns; do
-      [ -n "$ns" ] && ip netns del "$ns" 2>/dev/null
-    done < "$dir/netns"
-  fi
+  netns_teardown "$dir"
   rm -f "$dir/pids" "$dir/netns" "$dir/kept"
 }
 
