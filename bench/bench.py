@@ -653,13 +653,15 @@ Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {se
 {json.dumps(R, indent=None, sort_keys=True)}
 ```
 """
-    path = f"{BENCH_DIR}/results/RESULTS-{date}.md"
+    # A quick run is a smoke test: it must not replace the day's published results.
+    name = f"QUICK-{date}.md" if QUICK else f"RESULTS-{date}.md"
+    path = f"{BENCH_DIR}/results/{name}"
     write(path, text)
     print(tab)
     print("\n".join(ver))
     if errs:
         print("\n".join("! " + e for e in errs))
-    print(f"\nwritten: bench/results/RESULTS-{date}.md")
+    print(f"\nwritten: bench/results/{name}")
     # Keep the README's copy of the latest table current.
     readme = f"{BENCH_DIR}/README.md"
     if os.path.exists(readme) and not QUICK:
