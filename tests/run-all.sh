@@ -6,7 +6,8 @@
 #
 # 1. installs what the tests need from Debian (nginx, haproxy, curl, openssl, chromium,
 #    iproute2, nix-bin, ...; the aarch64 step installs its own cross toolchain and qemu);
-# 2. cargo test: unit tests, loopback integration tests, the CLI on every example;
+# 2. cargo test: unit tests, loopback integration tests, the CLI on every example; the demo
+#    (the README's first command);
 # 3. the Nix side offline: every .nix file parses; with NIXPKGS_LIB set to a checkout of
 #    nix-community/nixpkgs.lib the NixOS modules are evaluated too (else: SKIPPED, loudly);
 #    the k3s YAML against the Traefik chart's keys;
@@ -67,6 +68,8 @@ systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
 step "cargo test" cargo test --all-targets --no-fail-fast
 step "cargo doc tests" cargo test --doc
 step "release build" cargo build --release --locked
+# The README's first command, exactly as written there: it exits non-zero if any of its checks fails.
+step "demo (README's first command)" cargo run --release --example demo
 
 export SNI_EDGE="$REPO/target/release/sni-edge"
 step "nix checks" tests/nix/check.sh
