@@ -80,8 +80,8 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(address: ServerAddress, max_connections: Option<u32>) -> Server {
-        let labels = ServerLabels { backend: String::new(), server: address.to_string() };
+    pub fn new(backend: &str, address: ServerAddress, max_connections: Option<u32>) -> Server {
+        let labels = ServerLabels { backend: backend.to_owned(), server: address.to_string() };
         Server { address, max_connections, active: Arc::default(), up: AtomicBool::new(true), labels }
     }
 
@@ -146,10 +146,6 @@ impl Backend {
         connect_timeout: Duration,
         health_check: Option<HealthCheck>,
     ) -> Backend {
-        let mut servers = servers;
-        for server in &mut servers {
-            server.labels.backend = name.clone();
-        }
         Backend { name, servers, proxy_protocol, balance, connect_timeout, health_check, next: AtomicUsize::new(0) }
     }
 
@@ -243,7 +239,7 @@ mod tests {
 
     #[test]
     fn slots_stop_at_max_connections() {
-        let server = Server::new(ServerAddress::parse("192.0.2.20:443").unwrap(), Some(2));
+        let server = Server::new("b", ServerAddress::parse("192.0.2.20:443").unwrap(), Some(2));
         let a = server.take_slot().unwrap();
         let _b = server.take_slot().unwrap();
         assert!(server.take_slot().is_none());

@@ -363,7 +363,8 @@ impl RawConfig {
 
         let mut routes = Vec::new();
         let mut matcher = Matcher::default();
-        // Where each pattern was first listed, to name both places on a duplicate.
+        // Where each pattern was first listed, to name both places when the
+        // matcher reports a duplicate.
         let mut places: HashMap<Pattern, String> = HashMap::new();
         for (i, raw) in self.routes.iter().enumerate() {
             let backend = find(format!("routes[{i}].backend"), &raw.backend)?;
@@ -385,10 +386,9 @@ impl RawConfig {
                 return Err(error(format!("routes[{i}]"), "a route needs at least one name in names or names_file"));
             }
             for (place, pattern) in patterns {
-                if let Some(first) = places.get(&pattern) {
-                    return Err(error(place, format!("{pattern} is already listed at {first}")));
+                if matcher.insert(pattern.clone(), routes.len()).is_some() {
+                    return Err(error(place, format!("{pattern} is already listed at {}", places[&pattern])));
                 }
-                matcher.insert(pattern.clone(), routes.len());
                 places.insert(pattern, place);
             }
             let name = raw.name.clone().unwrap_or_else(|| raw.backend.clone());
@@ -449,7 +449,7 @@ impl RawBackend {
             if max_connections == Some(0) {
                 return Err(error(format!("{server_place}.max_connections"), "must be at least 1"));
             }
-            servers.push(Server::new(address, max_connections));
+            servers.push(Server::new(name, address, max_connections));
         }
         if let Some(check) = &self.health_check {
             let place = format!("{place}.health_check");

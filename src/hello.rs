@@ -34,7 +34,8 @@ pub struct ClientHello {
     /// What the client asked for.
     pub server_name: Requested,
     /// How many bytes of the input the records holding the hello take up.
-    /// The caller forwards everything it read, this is for the logs.
+    /// The caller forwards everything it read; the tests and the fuzz target
+    /// use this to check where the hello ends.
     pub len: usize,
 }
 

@@ -82,31 +82,31 @@ pub async fn serve(
     let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await
     {
         Ok(request) => request,
-        Err(Refusal::TooLarge(n)) => return answer(stream, 431, None, Refusal::TooLarge(n)).await,
-        Err(e @ Refusal::BadRequest(_)) => return answer(stream, 400, None, e).await,
+        Err(Refusal::TooLarge(n)) => return answer(stream, 431, Refusal::TooLarge(n)).await,
+        Err(e @ Refusal::BadRequest(_)) => return answer(stream, 400, e).await,
         Err(e) => return Err(e),
     };
     handshake_done();
     let Some(host) = request.host.as_deref() else {
-        return answer(stream, 400, None, Refusal::BadRequest("no Host header")).await;
+        return answer(stream, 400, Refusal::BadRequest("no Host header")).await;
     };
     let name = match host_name(host) {
         Ok(Requested::Host(name)) => name,
-        Ok(Requested::NoName) => return answer(stream, 421, None, Refusal::NoName).await,
-        Err(e) => return answer(stream, 400, None, e).await,
+        Ok(Requested::NoName) => return answer(stream, 421, Refusal::NoName).await,
+        Err(e) => return answer(stream, 400, e).await,
     };
     tracing::Span::current().record("sni", display(&name));
     let Some(route) = config.route_for(&name) else {
-        return answer(stream, 421, None, Refusal::UnknownName(name.to_string())).await;
+        return answer(stream, 421, Refusal::UnknownName(name.to_string())).await;
     };
     cx.routed(&route.name);
     if !request.path.starts_with('/') {
-        return answer(stream, 400, None, Refusal::BadRequest("request target is not a path")).await;
+        return answer(stream, 400, Refusal::BadRequest("request target is not a path")).await;
     }
     if request.path.starts_with(ACME_PREFIX) {
         if let Some(backend) = &route.acme_backend {
             if !is_acme_token_path(&request.path) {
-                return answer(stream, 400, None, Refusal::BadRequest("not an ACME token path")).await;
+                return answer(stream, 400, Refusal::BadRequest("not an ACME token path")).await;
             }
             return forward(cx, addresses, backend, buf).await;
         }
@@ -118,13 +118,8 @@ pub async fn serve(
 }
 
 /// Answers with an error status, then reports the refusal.
-async fn answer(
-    stream: &mut TcpStream,
-    status: u16,
-    location: Option<&str>,
-    refusal: Refusal,
-) -> Result<Served, Refusal> {
-    respond(stream, status, location).await;
+async fn answer(stream: &mut TcpStream, status: u16, refusal: Refusal) -> Result<Served, Refusal> {
+    respond(stream, status, None).await;
     Err(refusal)
 }
 

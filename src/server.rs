@@ -77,9 +77,10 @@ pub fn bind_all(
 }
 
 /// State shared by all connections across reloads.
+/// Open connections are counted once, by the `active_connections` gauge in
+/// `metrics`, which the connection limit reads too.
 #[derive(Default)]
 struct Shared {
-    active: AtomicUsize,
     pending: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, usize>>,
     connections: TaskTracker,
@@ -122,27 +123,17 @@ impl Generation {
                 None => {}
             }
         }
-        if let Some(socket) = metrics_socket {
+        if let (Some(socket), Some(wanted)) = (metrics_socket, &config.metrics) {
             let stop = CancellationToken::new();
-            let address = socket
-                .local_addr()
-                .unwrap_or_else(|_| config.metrics.as_ref().map_or(([0, 0, 0, 0], 0).into(), |m| m.address));
-            tracing::info!(%address, "serving metrics");
+            tracing::info!(address = %wanted.address, "serving metrics");
             tokio::spawn(metrics::serve(socket, shared.metrics.clone(), stop.clone()));
-            metrics_endpoint = Some(metrics::Endpoint { address, stop });
+            metrics_endpoint = Some(metrics::Endpoint { address: wanted.address, stop });
         }
         Generation { health, metrics_endpoint }
     }
 
-    /// The metrics socket `config` needs that is not open yet.
-    fn bind_metrics(&self, config: &Config) -> io::Result<Option<TcpListener>> {
-        match (&config.metrics, &self.metrics_endpoint) {
-            (Some(wanted), Some(running)) if wanted.address == running.address => Ok(None),
-            (Some(wanted), _) => bind(wanted.address)
-                .map(Some)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot serve metrics on {}: {e}", wanted.address))),
-            (None, _) => Ok(None),
-        }
+    fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|endpoint| endpoint.address)
     }
 
     fn stop(self) {
@@ -150,6 +141,17 @@ impl Generation {
         if let Some(endpoint) = self.metrics_endpoint {
             endpoint.stop.cancel();
         }
+    }
+}
+
+/// The metrics socket `config` needs, if its address is not the one already
+/// served (`running`, as configured).
+fn bind_metrics(config: &Config, running: Option<SocketAddr>) -> io::Result<Option<TcpListener>> {
+    match &config.metrics {
+        Some(wanted) if Some(wanted.address) != running => bind(wanted.address)
+            .map(Some)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot serve metrics on {}: {e}", wanted.address))),
+        _ => Ok(None),
     }
 }
 
@@ -162,8 +164,7 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
-    let none = Generation { health: CancellationToken::new(), metrics_endpoint: None };
-    let metrics_socket = none.bind_metrics(&config)?;
+    let metrics_socket = bind_metrics(&config, None)?;
     let mut generation = Generation::start(&config, &shared, None, metrics_socket);
     shared.metrics.reload(true);
     let (current, _) = watch::channel(Arc::new(config));
@@ -197,7 +198,7 @@ pub async fn run(
 
     systemd::stopping();
     let drain = current.borrow().timeouts.shutdown;
-    tracing::info!(active = shared.active.load(Ordering::Relaxed), ?drain, "stopping: no new connections");
+    tracing::info!(active = shared.metrics.active.get(), ?drain, "stopping: no new connections");
     for (_, accept) in loops.drain() {
         accept.stop.cancel();
         let _ = accept.task.await;
@@ -205,7 +206,7 @@ pub async fn run(
     generation.stop();
     shared.connections.close();
     if tokio::time::timeout(drain, shared.connections.wait()).await.is_err() {
-        tracing::warn!(remaining = shared.active.load(Ordering::Relaxed), "drain deadline passed, closing the rest");
+        tracing::warn!(remaining = shared.metrics.active.get(), "drain deadline passed, closing the rest");
         shared.cut.cancel();
         shared.connections.wait().await;
     }
@@ -225,7 +226,7 @@ fn reload(
     let config = Config::load(path)?;
     // Bind every new address before touching anything, so a port that is
     // taken fails the reload as a whole.
-    let metrics_socket = generation.bind_metrics(&config)?;
+    let metrics_socket = bind_metrics(&config, generation.metrics_address())?;
     let mut opened = HashMap::new();
     for listener in &config.listeners {
         if !loops.contains_key(&listener.address) {
@@ -337,7 +338,6 @@ fn connection(
         let metrics = &shared.metrics;
         let cx =
             Connection { peer, listener, config: &config, counters: &counters, metrics, route: Default::default() };
-        metrics.active.inc();
         let result = match Admission::new(&shared, &config, listener, peer) {
             Err(limit) => Err(Refusal::Limit(limit)),
             Ok(admission) => {
@@ -367,7 +367,6 @@ fn connection(
                 }
             }
         };
-        metrics.active.dec();
         let up = counters.up.load(Ordering::Relaxed);
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
@@ -410,9 +409,9 @@ impl<'a> Admission<'a> {
     fn new(shared: &'a Shared, config: &Config, listener: &Listener, peer: SocketAddr) -> Result<Self, Limit> {
         let limits = &config.limits;
         // Each count is taken, then checked; Drop gives back what was taken.
-        shared.active.fetch_add(1, Ordering::AcqRel);
+        let open_before = shared.metrics.active.inc();
         let mut admission = Admission { shared, client: None, pending: AtomicBool::new(false) };
-        if shared.active.load(Ordering::Acquire) > limits.max_connections {
+        if open_before >= limits.max_connections as i64 {
             return Err(Limit::Connections);
         }
         // A trusted load balancer carries many clients: its own address is
@@ -444,7 +443,7 @@ impl<'a> Admission<'a> {
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         self.handshake_done();
-        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.active.dec();
         if let Some(ip) = self.client {
             let mut per_client = self.shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(count) = per_client.get_mut(&ip) {

@@ -138,9 +138,30 @@ async fn half_close_keeps_every_byte_of_the_reply() {
 }
 
 /// FNV-1a, enough to tell two 50 MiB streams apart.
+const FNV_START: u64 = 0xcbf29ce484222325;
+
 fn checksum(hash: &mut u64, bytes: &[u8]) {
     for b in bytes {
         *hash = (*hash ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+    }
+}
+
+fn sum_of(bytes: &[u8]) -> u64 {
+    let mut hash = FNV_START;
+    checksum(&mut hash, bytes);
+    hash
+}
+
+/// Reads to EOF; returns how many bytes came and their checksum.
+async fn read_summed(mut read: impl tokio::io::AsyncRead + Unpin) -> (usize, u64) {
+    let (mut hash, mut total, mut buf) = (FNV_START, 0usize, vec![0; 1 << 16]);
+    loop {
+        let n = read.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return (total, hash);
+        }
+        checksum(&mut hash, &buf[..n]);
+        total += n;
     }
 }
 
@@ -160,60 +181,36 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 async fn fifty_mib_each_way_arrive_unchanged() {
     const SIZE: usize = 50 << 20;
     let down = pattern(2, SIZE);
-    let down_sum = {
-        let mut h = 0xcbf29ce484222325;
-        checksum(&mut h, &down);
-        h
-    };
+    let down_sum = sum_of(&down);
     let (sums, mut backend_sums) = tokio::sync::mpsc::unbounded_channel();
     let backend = Backend::start(move |stream| {
         let sums = sums.clone();
         let down = down.clone();
         async move {
-            let (mut read, mut write) = stream.into_split();
+            let (read, mut write) = stream.into_split();
             let sender = tokio::spawn(async move {
                 write.write_all(&down).await.unwrap();
                 write.shutdown().await.unwrap();
             });
-            let (mut hash, mut total, mut buf) = (0xcbf29ce484222325u64, 0usize, vec![0; 1 << 16]);
-            loop {
-                let n = read.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                checksum(&mut hash, &buf[..n]);
-                total += n;
-            }
+            let received = read_summed(read).await;
             sender.await.unwrap();
-            sums.send((total, hash)).unwrap();
+            sums.send(received).unwrap();
         }
     })
     .await;
     let gw = Gateway::start(|tls, http| config(tls, http, ROUTES, &cluster(backend.addr, "none"))).await;
 
     let up = [HELLO_CURL.to_vec(), pattern(1, SIZE)].concat();
-    let mut up_sum = 0xcbf29ce484222325;
-    checksum(&mut up_sum, &up);
+    let up_sum = sum_of(&up);
     let stream = TcpStream::connect(gw.tls).await.unwrap();
-    let (mut read, mut write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
     let sender = tokio::spawn(async move {
         write.write_all(&up).await.unwrap();
         write.shutdown().await.unwrap();
     });
-    let (mut hash, mut total, mut buf) = (0xcbf29ce484222325u64, 0usize, vec![0; 1 << 16]);
-    within("download", async {
-        loop {
-            let n = read.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            checksum(&mut hash, &buf[..n]);
-            total += n;
-        }
-    })
-    .await;
+    let downloaded = within("download", read_summed(read)).await;
     sender.await.unwrap();
-    assert_eq!((total, hash), (SIZE, down_sum), "server to client");
+    assert_eq!(downloaded, (SIZE, down_sum), "server to client");
     let (backend_total, backend_hash) = within("backend", backend_sums.recv()).await.unwrap();
     assert_eq!((backend_total, backend_hash), (SIZE + HELLO_CURL.len(), up_sum), "client to server");
     gw.stop().await;

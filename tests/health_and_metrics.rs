@@ -57,6 +57,19 @@ async fn scrape(address: SocketAddr) -> HashMap<String, f64> {
         .collect()
 }
 
+/// A gateway config with metrics on `metrics` and one route,
+/// app.example.test (named "cluster"), to backend "b" given as JSON.
+fn with_metrics(tls: SocketAddr, http: SocketAddr, metrics: SocketAddr, backend_b: &str) -> String {
+    format!(
+        r#"{{
+          "listeners": [{{ "address": "{tls}", "protocol": "tls" }}, {{ "address": "{http}", "protocol": "http" }}],
+          "routes": [{{ "name": "cluster", "names": ["app.example.test"], "backend": "b" }}],
+          "backends": {{ "b": {backend_b} }},
+          "metrics": {{ "address": "{metrics}" }}
+        }}"#
+    )
+}
+
 fn get(samples: &HashMap<String, f64>, key: &str) -> f64 {
     *samples.get(key).unwrap_or_else(|| {
         let mut keys: Vec<_> = samples.keys().collect();
@@ -82,18 +95,8 @@ async fn wait_for(metrics: SocketAddr, key: &str, value: f64) {
 async fn counters_match_what_the_clients_did() {
     let (backend, mut received) = Backend::recording().await;
     let metrics = free_port();
-    let gw = Gateway::start(|tls, http| {
-        format!(
-            r#"{{
-              "listeners": [{{ "address": "{tls}", "protocol": "tls" }}, {{ "address": "{http}", "protocol": "http" }}],
-              "routes": [{{ "name": "cluster", "names": ["app.example.test"], "backend": "b" }}],
-              "backends": {{ "b": {{ "servers": ["{}"], "proxy_protocol": "v2" }} }},
-              "metrics": {{ "address": "{metrics}" }}
-            }}"#,
-            backend.addr
-        )
-    })
-    .await;
+    let backend_b = format!(r#"{{ "servers": ["{}"], "proxy_protocol": "v2" }}"#, backend.addr);
+    let gw = Gateway::start(|tls, http| with_metrics(tls, http, metrics, &backend_b)).await;
     for _ in 0..3 {
         assert_eq!(exchange(gw.tls, HELLO_CURL).await.1, b"bye");
         received.recv().await.unwrap();
@@ -188,20 +191,11 @@ async fn a_silent_server_is_taken_out_and_comes_back() {
     let b = TlsIsh::start(Arc::new(AtomicBool::new(true))).await;
     let (a_addr, b_addr) = (a.backend.addr, b.backend.addr);
     let metrics = free_port();
-    let gw = Gateway::start(|tls, http| {
-        format!(
-            r#"{{
-              "listeners": [{{ "address": "{tls}", "protocol": "tls" }}, {{ "address": "{http}", "protocol": "http" }}],
-              "routes": [{{ "names": ["app.example.test"], "backend": "b" }}],
-              "backends": {{ "b": {{
-                "servers": ["{a_addr}", "{b_addr}"], "proxy_protocol": "v2",
-                "health_check": {{ "kind": "tls", "interval": "50ms", "timeout": "150ms", "rise": 2, "fall": 2 }}
-              }} }},
-              "metrics": {{ "address": "{metrics}" }}
-            }}"#
-        )
-    })
-    .await;
+    let backend_b = format!(
+        r#"{{ "servers": ["{a_addr}", "{b_addr}"], "proxy_protocol": "v2",
+             "health_check": {{ "kind": "tls", "interval": "50ms", "timeout": "150ms", "rise": 2, "fall": 2 }} }}"#
+    );
+    let gw = Gateway::start(|tls, http| with_metrics(tls, http, metrics, &backend_b)).await;
     let a_up = format!("sni_edge_backend_server_up{{backend=b,server={a_addr}}}");
     let b_up = format!("sni_edge_backend_server_up{{backend=b,server={b_addr}}}");
     assert_eq!(get(&scrape(metrics).await, &a_up), 1.0);
@@ -236,18 +230,10 @@ async fn with_every_server_down_connections_are_refused_at_once_and_counted() {
     let silent = TlsIsh::start(Arc::new(AtomicBool::new(false))).await;
     let addr = silent.backend.addr;
     let metrics = free_port();
-    let gw = Gateway::start(|tls, http| {
-        format!(
-            r#"{{
-              "listeners": [{{ "address": "{tls}", "protocol": "tls" }}, {{ "address": "{http}", "protocol": "http" }}],
-              "routes": [{{ "names": ["app.example.test"], "backend": "b" }}],
-              "backends": {{ "b": {{ "servers": ["{addr}"],
-                "health_check": {{ "kind": "tls", "interval": "50ms", "timeout": "100ms", "fall": 1 }} }} }},
-              "metrics": {{ "address": "{metrics}" }}
-            }}"#
-        )
-    })
-    .await;
+    let backend_b = format!(
+        r#"{{ "servers": ["{addr}"], "health_check": {{ "kind": "tls", "interval": "50ms", "timeout": "100ms", "fall": 1 }} }}"#
+    );
+    let gw = Gateway::start(|tls, http| with_metrics(tls, http, metrics, &backend_b)).await;
     wait_for(metrics, &format!("sni_edge_backend_server_up{{backend=b,server={addr}}}"), 0.0).await;
     let started = std::time::Instant::now();
     let (_, answer) = exchange(gw.tls, HELLO_CURL).await;

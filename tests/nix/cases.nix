@@ -300,45 +300,42 @@ in
 
   # Health checks and the metrics endpoint: typed options, written to the
   # file as the gateway reads them (and `sni-edge check` accepts the file).
-  health-and-metrics = {
-    modules = [
-      seed001
-      {
-        services.sniEdge.settings = {
-          metrics.address = "127.0.0.1:9113";
-          backends.kube.health_check = {
-            kind = "tls";
-            interval = "10s";
-            timeout = "3s";
-            rise = 1;
-            fall = 2;
-            server_name = "health.kube.example.com";
+  health-and-metrics =
+    let
+      kubeCheck = {
+        kind = "tls";
+        interval = "10s";
+        timeout = "3s";
+        rise = 1;
+        fall = 2;
+        server_name = "health.kube.example.com";
+      };
+    in
+    {
+      modules = [
+        seed001
+        {
+          services.sniEdge.settings = {
+            metrics.address = "127.0.0.1:9113";
+            backends.kube.health_check = kubeCheck;
+            # All defaults.
+            backends.kube-acme.health_check = { };
           };
-          # All defaults.
-          backends.kube-acme.health_check = { };
-        };
-      }
-    ];
-    checks =
-      config:
-      let
-        json = builtins.fromJSON (builtins.readFile config.services.sniEdge.configFile);
-      in
-      gatewayChecks config
-      ++ expect (json.metrics == { address = "127.0.0.1:9113"; }) "metrics is ${show (json.metrics or null)}"
-      ++ expect (
-        json.backends.kube.health_check == {
-          kind = "tls";
-          interval = "10s";
-          timeout = "3s";
-          rise = 1;
-          fall = 2;
-          server_name = "health.kube.example.com";
         }
-      ) "backends.kube.health_check is ${show (json.backends.kube.health_check or null)}"
-      ++ expect (json.backends.kube-acme.health_check == { }) "backends.kube-acme.health_check is ${show (json.backends.kube-acme.health_check or null)}"
-      ++ expect (!(json.backends.local-https ? health_check)) "an unset health_check is in the file";
-  };
+      ];
+      checks =
+        config:
+        let
+          json = builtins.fromJSON (builtins.readFile config.services.sniEdge.configFile);
+        in
+        gatewayChecks config
+        ++ expect (json.metrics == { address = "127.0.0.1:9113"; }) "metrics is ${show (json.metrics or null)}"
+        ++ expect (
+          json.backends.kube.health_check == kubeCheck
+        ) "backends.kube.health_check is ${show (json.backends.kube.health_check or null)}"
+        ++ expect (json.backends.kube-acme.health_check == { }) "backends.kube-acme.health_check is ${show (json.backends.kube-acme.health_check or null)}"
+        ++ expect (!(json.backends.local-https ? health_check)) "an unset health_check is in the file";
+    };
 
   # Seed 003's node: k3sTrust writes the manifest and starts no gateway.
   k3s-example = {
