@@ -15,7 +15,12 @@ let
   cfg = config.services.sniEdge;
   settingsFormat = pkgs.formats.json { };
 
-  inherit (lib) literalExpression literalMD mkOption types;
+  inherit (lib)
+    literalExpression
+    literalMD
+    mkOption
+    types
+    ;
 
   # Where the service reads its config. A fixed path in /etc (not the store
   # path) keeps the unit file unchanged when only the config changes, so that
@@ -110,7 +115,7 @@ let
       names = mkOption {
         type = types.nullOr (types.listOf types.str);
         default = null;
-        defaultText = literalMD "unset: only {option}`names_file` is used";
+        defaultText = literalMD "unset: only {option}`services.sniEdge.settings.routes.*.names_file` is used";
         example = [
           "blog.example.com"
           "*.kube.example.com"
@@ -183,7 +188,9 @@ let
       timeout = durationOption "2s" "Time one probe may take.";
       rise = countOption 2 "Successful probes in a row that bring a down server back.";
       fall = countOption 3 "Failed probes in a row that take an up server out of rotation.";
-      server_name = strOption "unset: `tls` probes send no SNI" "health.kube.example.com" "Host name sent as SNI by `tls` probes.";
+      server_name =
+        strOption "unset: `tls` probes send no SNI" "health.kube.example.com"
+          "Host name sent as SNI by `tls` probes.";
     };
   };
 
@@ -224,8 +231,10 @@ let
         };
         description = ''
           Active health checks of every server of this backend. A server that
-          fails {option}`fall` probes in a row gets no new connections until it
-          passes {option}`rise` in a row; state changes are logged and shown
+          fails {option}`services.sniEdge.settings.backends.<name>.health_check.fall`
+          probes in a row gets no new connections until it passes
+          {option}`services.sniEdge.settings.backends.<name>.health_check.rise`
+          in a row; state changes are logged and shown
           in the `sni_edge_backend_server_up` metric. An empty set (`{ }`)
           turns the checks on with their defaults.
         '';
@@ -513,9 +522,11 @@ in
       let
         backendNames = lib.attrNames cfg.settings.backends;
         hasBackend = name: lib.elem name backendNames;
-        routeLabel = i: r: "services.sniEdge.settings.routes.${toString i}${
-          lib.optionalString (r.name != null) " (${r.name})"
-        }";
+        routeLabel =
+          i: r:
+          "services.sniEdge.settings.routes.${toString i}${
+            lib.optionalString (r.name != null) " (${r.name})"
+          }";
         forRoutes = f: lib.imap0 f cfg.settings.routes;
       in
       [

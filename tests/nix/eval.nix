@@ -13,18 +13,71 @@
 let
   lib = import (nixpkgsLib + "/lib");
   stubs = import ./nixos-stubs.nix { inherit lib; };
-  cases = import ./cases.nix { inherit lib; };
+  cases =
+    import ./cases.nix { inherit lib; }
+    // import ./flake-cases.nix { inherit lib stubs; }
+    // {
+      option-references = optionReferences;
+    };
+
+  # The repo's NixOS modules, which every case of cases.nix is evaluated with.
+  ourModules = [
+    ../../nixos/module.nix
+    ../../nixos/k3s-traefik.nix
+  ];
 
   evalCase =
     case:
     lib.evalModules {
       modules = [
         stubs.module
-        ../../nixos/module.nix
-        ../../nixos/k3s-traefik.nix
         { _module.args.pkgs = stubs.pkgs { canExecute = case.canExecute or false; }; }
       ]
+      ++ case.baseModules or ourModules
       ++ case.modules;
+    };
+
+  # The NixOS manual renders every option's description (and literalMD
+  # defaults and examples) with nixos-render-docs, which fails on an
+  # {option}`x` whose x is not a declared option. Every such reference in the
+  # docs of our modules' options must name an option declared by our modules
+  # or by the stubs (which mirror nixpkgs' declarations).
+  optionReferences =
+    let
+      docs = lib.optionAttrSetToDocList (evalCase { modules = [ ]; }).options;
+      declared = lib.genAttrs (map (o: o.name) docs) (_: true);
+      # What the manual renders: visible, not internal (not _module.args).
+      ours = lib.filter (o: lib.hasPrefix "services.sniEdge" o.name && o.visible && !o.internal) docs;
+      texts =
+        o:
+        [ (o.description or "") ]
+        ++ map (v: if builtins.isAttrs v && v ? text then v.text else "") [
+          (o.default or null)
+          (o.example or null)
+        ];
+      # "a {option}`x` b {option}`y`" -> [ "x" "y" ]
+      refsIn =
+        text:
+        let
+          parts = builtins.split "\\{option}`([^`]*)`" text;
+        in
+        lib.concatMap (p: if builtins.isList p then p else [ ]) parts;
+      refs = lib.concatMap (
+        o:
+        map (target: {
+          inherit target;
+          from = o.name;
+        }) (lib.concatMap refsIn (texts o))
+      ) ours;
+      unresolved = lib.filter (r: !(declared ? ${r.target})) refs;
+    in
+    {
+      modules = [ ];
+      runCheck = false;
+      checks =
+        _:
+        lib.optional (refs == [ ]) "found no {option} reference at all: the scan is broken"
+        ++ map (r: "${r.from}: {option}`${r.target}` is not a declared option") unresolved;
     };
 
   # Each wanted substring must match exactly one of the messages, and every
@@ -39,8 +92,7 @@ let
       lib.optional (n != 1) "${kind}: want one message containing ${builtins.toJSON w}, got ${toString n}"
     ) wanted
     ++ lib.concatMap (
-      m:
-      lib.optional (!lib.any (w: lib.hasInfix w m) wanted) "${kind}: unexpected message: ${m}"
+      m: lib.optional (!lib.any (w: lib.hasInfix w m) wanted) "${kind}: unexpected message: ${m}"
     ) got;
 
   run =
@@ -55,7 +107,7 @@ let
         ++ lib.optionals (case ? warnings) (matchMessages "warning" case.warnings config.warnings)
         ++ lib.optionals (passes && failed == [ ] && case ? checks) (case.checks config);
       ok = problems == [ ];
-      enabled = config.services.sniEdge.enable;
+      enabled = config.services.sniEdge.enable or false;
     in
     {
       inherit problems;

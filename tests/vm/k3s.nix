@@ -1,4 +1,4 @@
-# The whole path of seed 003: a client on the public network (vlan 1), the
+# The whole path from the internet to a k3s service: a client on the public network (vlan 1), the
 # sni-edge gateway, and a k3s server (vlan 2) with its bundled Traefik and
 # ServiceLB, configured by services.sniEdge.k3sTrust. A small echo service
 # (traefik/whoami, deployed by manifest) reports the request as Traefik passes
@@ -8,7 +8,12 @@
 
 let
   common = import ./lib/common.nix { inherit pkgs lib; };
-  inherit (common) gatewayPublic gatewayHome clientAddress address;
+  inherit (common)
+    gatewayPublic
+    gatewayHome
+    clientAddress
+    address
+    ;
   # The k3s server is the gateway's backend.
   nodeAddress = common.backendAddress;
 
