@@ -43,6 +43,20 @@
 
       mkSniEdge = pkgs: pkgs.callPackage ./nixos/package.nix { inherit src version; };
 
+      # A minimal image: the binary and its closure, run as an unprivileged
+      # user (the Deployment's securityContext says so too).
+      mkImage =
+        pkgs: sni-edge:
+        pkgs.dockerTools.buildLayeredImage {
+          name = "sni-edge";
+          tag = version;
+          contents = [ sni-edge ];
+          config = {
+            Entrypoint = [ (lib.getExe sni-edge) ];
+            User = "65534:65534";
+          };
+        };
+
       # Every file in tests/vm/ is a NixOS VM test, with the modules of this
       # flake on every node.
       vmTests =
@@ -69,6 +83,10 @@
         {
           default = self.packages.${pkgs.stdenv.hostPlatform.system}.sni-edge;
           sni-edge = mkSniEdge pkgs;
+          # The agent's container image for k3s (k3s/tunnel-agent.yaml):
+          # `nix build .#sni-edge-image`, then
+          # `k3s ctr images import result` on each node.
+          sni-edge-image = mkImage pkgs (mkSniEdge pkgs);
         }
         # Cross-compiled from x86_64-linux, for a small ARM VPS or a Raspberry Pi.
         // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
@@ -91,6 +109,15 @@
             imports = [ ./nixos/module.nix ];
             services.sniEdge.package = lib.mkDefault (mkSniEdge pkgs);
           };
+        # The agent of tunnel mode, at home, with this flake's build.
+        agent =
+          { lib, pkgs, ... }:
+          {
+            key = "sni-edge#nixosModules.agent";
+            _file = "${toString ./flake.nix}#nixosModules.agent";
+            imports = [ ./nixos/agent.nix ];
+            services.sniEdgeAgent.package = lib.mkDefault (mkSniEdge pkgs);
+          };
         # For k3s server nodes behind the gateway.
         k3s-traefik = ./nixos/k3s-traefik.nix;
         default = {
@@ -98,6 +125,7 @@
           _file = "${toString ./flake.nix}#nixosModules.default";
           imports = [
             self.nixosModules.sni-edge
+            self.nixosModules.agent
             self.nixosModules.k3s-traefik
           ];
         };

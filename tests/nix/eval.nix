@@ -5,7 +5,8 @@
 #   nix-instantiate --eval --strict --json --read-write-mode tests/nix/eval.nix \
 #     --arg nixpkgsLib /path/to/nixpkgs.lib
 #
-# For each case: { problems; configFile; runCheck; lab; manifest }, where
+# For each case: { problems; configFile; runCheck; lab; manifest; export;
+# keyPath }, where
 # problems is empty when the case passed and configFile is the generated
 # config file (a store path) or null.
 { nixpkgsLib }:
@@ -16,6 +17,7 @@ let
   cases =
     import ./cases.nix { inherit lib; }
     // import ./flake-cases.nix { inherit lib stubs; }
+    // import ./tunnel-cases.nix { inherit lib; }
     // {
       option-references = optionReferences;
     };
@@ -23,6 +25,7 @@ let
   # The repo's NixOS modules, which every case of cases.nix is evaluated with.
   ourModules = [
     ../../nixos/module.nix
+    ../../nixos/agent.nix
     ../../nixos/k3s-traefik.nix
   ];
 
@@ -107,13 +110,17 @@ let
         ++ lib.optionals (case ? warnings) (matchMessages "warning" case.warnings config.warnings)
         ++ lib.optionals (passes && failed == [ ] && case ? checks) (case.checks config);
       ok = problems == [ ];
-      enabled = config.services.sniEdge.enable or false;
+      # The gateway's config file, or the one the case names (the agent's).
+      enabled = case ? configOf || (config.services.sniEdge.enable or false);
+      configOf = case.configOf or (c: c.services.sniEdge.configFile);
     in
     {
       inherit problems;
       runCheck = ok && passes && enabled && (case.runCheck or true);
-      configFile = if ok && passes && enabled then toString config.services.sniEdge.configFile else null;
+      configFile = if ok && passes && enabled then toString (configOf config) else null;
       lab = case.lab or false;
+      export = case.export or null;
+      keyPath = case.keyPath or null;
       manifest =
         if ok && case ? manifest then
           toString config.services.k3s.manifests.${case.manifest}.source

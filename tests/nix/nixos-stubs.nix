@@ -548,6 +548,9 @@ let
         imageName = attrs.name;
         imageTag = attrs.tag;
       };
+      jq = stubPackage "jq" // {
+        meta.mainProgram = "jq";
+      };
       openssl = stubPackage "openssl";
       kubectl = stubPackage "kubectl";
       whoami = stubPackage "whoami";
