@@ -93,7 +93,9 @@ in
         in the pod network), because kube-proxy masquerades traffic to a
         Service that does not come from a pod. Every pod can then claim any
         client address, so run nothing you do not trust in the cluster, or
-        restrict who may reach Traefik with a NetworkPolicy.
+        restrict who may reach Traefik with a NetworkPolicy. Alone (without
+        {option}`services.sniEdge.k3sTrust.enable`) it also makes Traefik's
+        Service a ClusterIP, so nothing outside the cluster reaches it.
       '';
     };
   };
@@ -122,6 +124,10 @@ in
       }
     ];
 
+    warnings =
+      lib.optional (cfg.enable && tunnel.enable)
+        "services.sniEdge.k3sTrust and k3sTunnelTrust together: Traefik stays a LoadBalancer Service for the gateway, and ServiceLB's svclb pods, which forward outside connections to it, have addresses in the trusted pod network; anyone who reaches this node's ports 80 and 443 may then claim any client address. Keep those ports closed to all but the gateway (k3s/README.md).";
+
     services.k3s.manifests.${cfg.manifestName}.content = {
       apiVersion = "helm.cattle.io/v1";
       kind = "HelmChartConfig";
@@ -132,7 +138,12 @@ in
       # valuesContent is a string of YAML; JSON is YAML, as nixpkgs' own
       # rancher multi-node test does for the canal chart.
       spec.valuesContent = builtins.toJSON {
-        service.spec.externalTrafficPolicy = "Local";
+        # With a gateway that connects to the node: a LoadBalancer Service
+        # (ServiceLB) that keeps the gateway's address (k3s/README.md). In
+        # tunnel mode alone nothing outside the cluster needs to reach
+        # Traefik, and the trusted pod network must be all that can: a
+        # ClusterIP Service, which ServiceLB does not expose.
+        service = if cfg.enable then { spec.externalTrafficPolicy = "Local"; } else { type = "ClusterIP"; };
         ports = {
           web.proxyProtocol.trustedIPs = trustedIPs;
           websecure.proxyProtocol.trustedIPs = trustedIPs;

@@ -130,11 +130,11 @@ import json, sys
 for name, c in sorted(json.load(open(sys.argv[1])).items()):
     fields = [name, " | ".join(c["problems"]), "1" if c["runCheck"] else "0",
               c["configFile"] or "", "1" if c["lab"] else "0", c["manifest"] or "",
-              c["export"] or "", c["keyPath"] or ""]
+              c["export"] or "", c["keyPath"] or "", "1" if c["manifestTunnel"] else "0"]
     print("\x1f".join(f.replace("\x1f", " ").replace("\n", " ") for f in fields))
 EOF
     LAB_FILE=
-    while IFS=$'\x1f' read -r name problems run_check config_file lab manifest export key_path; do
+    while IFS=$'\x1f' read -r name problems run_check config_file lab manifest export key_path manifest_tunnel; do
       if [ -z "$problems" ]; then ok "module case $name"; else fail "module case $name" "$problems"; fi
       # Tunnel mode's configs are kept in tests/nix/generated/, equal to what the modules make.
       if [ -n "$export" ] && [ -n "$config_file" ]; then
@@ -176,10 +176,12 @@ EOF2
         fi
       fi
       if [ -n "$manifest" ]; then
-        if out=$(python3 tests/nix/check-k3s-yaml.py --manifest "$manifest" 2>&1); then
-          ok "k3s manifest of case $name matches k3s/traefik-proxy-protocol.yaml"
+        yaml_args=() yaml_file=k3s/traefik-proxy-protocol.yaml
+        [ "$manifest_tunnel" = 1 ] && yaml_args=(--tunnel) yaml_file=k3s/traefik-tunnel-trust.yaml
+        if out=$(python3 tests/nix/check-k3s-yaml.py "${yaml_args[@]}" --manifest "$manifest" 2>&1); then
+          ok "k3s manifest of case $name matches $yaml_file"
         else
-          fail "k3s manifest of case $name matches k3s/traefik-proxy-protocol.yaml" "$(grep -v '^ok: ' <<<"$out")"
+          fail "k3s manifest of case $name matches $yaml_file" "$(grep -v '^ok: ' <<<"$out")"
         fi
       fi
       [ "$lab" = 1 ] && LAB_FILE=$config_file
@@ -217,11 +219,15 @@ fi
 
 # --- 4. the plain YAML for k3s --------------------------------------------------------------
 if python3 -c 'import yaml' 2>/dev/null; then
-  if out=$(python3 tests/nix/check-k3s-yaml.py 2>&1); then
-    ok "k3s/traefik-proxy-protocol.yaml ($(tail -1 <<<"$out"))"
-  else
-    fail "k3s/traefik-proxy-protocol.yaml" "$(grep -v '^ok: ' <<<"$out")"
-  fi
+  for mode in "" --tunnel; do
+    yaml_file=k3s/traefik-proxy-protocol.yaml
+    [ -n "$mode" ] && yaml_file=k3s/traefik-tunnel-trust.yaml
+    if out=$(python3 tests/nix/check-k3s-yaml.py $mode 2>&1); then
+      ok "$yaml_file ($(tail -1 <<<"$out"))"
+    else
+      fail "$yaml_file" "$(grep -v '^ok: ' <<<"$out")"
+    fi
+  done
 else
   skip "k3s/traefik-proxy-protocol.yaml check (no PyYAML: apt-get install python3-yaml)"
 fi

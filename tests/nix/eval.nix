@@ -119,6 +119,7 @@ let
       runCheck = ok && passes && enabled && (case.runCheck or true);
       configFile = if ok && passes && enabled then toString (configOf config) else null;
       lab = case.lab or false;
+      manifestTunnel = case.manifestTunnel or false;
       export = case.export or null;
       keyPath = case.keyPath or null;
       manifest =

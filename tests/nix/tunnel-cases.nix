@@ -323,6 +323,8 @@ in
   # Tunnel mode on the k3s side: the agents' pod network is trusted, alone
   # or next to a gateway's address (one HelmChartConfig for both).
   k3s-tunnel-trust = {
+    manifest = "sni-edge-traefik-proxy-protocol";
+    manifestTunnel = true;
     modules = [
       {
         services.k3s.enable = true;
@@ -341,9 +343,9 @@ in
       ++ expect (
         values.ports.web.proxyProtocol.trustedIPs == [ "10.42.0.0/16" ]
       ) "web trusts ${show values.ports.web.proxyProtocol.trustedIPs}"
-      ++ expect (
-        values.service.spec.externalTrafficPolicy == "Local"
-      ) "externalTrafficPolicy is not Local: clients SNATed into the pod network would be trusted";
+      ++
+        expect (values.service == { type = "ClusterIP"; })
+          "service is ${show values.service}: in tunnel mode alone Traefik must not be reachable from outside the cluster";
   };
   k3s-direct-and-tunnel-trust = {
     modules = [
@@ -363,8 +365,12 @@ in
         ]
       ) "websecure trusts ${show values.ports.websecure.proxyProtocol.trustedIPs}"
       ++ expect (
+        values.service == { spec.externalTrafficPolicy = "Local"; }
+      ) "service is ${show values.service}: the gateway's connections need Local"
+      ++ expect (
         lib.attrNames config.services.k3s.manifests == [ "sni-edge-traefik-proxy-protocol" ]
       ) "more than one manifest for Traefik: ${show (lib.attrNames config.services.k3s.manifests)}";
+    warnings = [ "k3sTrust and k3sTunnelTrust together" ];
   };
   assert-k3s-tunnel-wildcard = {
     modules = [
