@@ -3,6 +3,9 @@
 
     tests/nix/check-k3s-yaml.py [--tunnel] [--yaml FILE] [--manifest FILE] [--chart-values FILE]
 
+--agent FILE         check k3s/tunnel-agent.yaml instead (FILE: where to write its agent.json,
+                     for `sni-edge check`): two replicas with anti-affinity, key from the Secret,
+                     targets at Traefik's Service, no privileges
 --tunnel             tunnel mode's manifest instead (default: k3s/traefik-tunnel-trust.yaml):
                      a ClusterIP Service, trustedIPs inside k3s' pod network (the agents)
 
@@ -18,6 +21,7 @@ Prints one "ok:"/"FAIL:" line per check and exits 1 if any failed. Needs PyYAML
 
 import argparse
 import ipaddress
+import json
 import os
 import sys
 
@@ -147,14 +151,56 @@ def check_manifest(label, doc, value_paths):
     return values
 
 
+def check_agent(path, out):
+    """k3s/tunnel-agent.yaml: what a user relies on, not just that it parses."""
+    with open(path, encoding="utf-8") as f:
+        docs = {d["kind"]: d for d in yaml.safe_load_all(f) if d}
+    check(sorted(docs) == ["ConfigMap", "Deployment", "Namespace"], "tunnel-agent.yaml: a Namespace, a ConfigMap, a Deployment", sorted(docs))
+    dep, cm = docs.get("Deployment", {}), docs.get("ConfigMap", {})
+    spec = dep.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    check(spec.get("replicas") == 2, "Deployment: 2 replicas", spec.get("replicas"))
+    terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    check(
+        any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+            and t["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"] for t in terms),
+        "Deployment: pod anti-affinity on the hostname, against its own pods",
+    )
+    (c,) = pod.get("containers", [None])
+    sc = c.get("securityContext", {})
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"] and sc.get("allowPrivilegeEscalation") is False
+          and sc.get("readOnlyRootFilesystem") is True and pod.get("securityContext", {}).get("runAsNonRoot") is True,
+          "agent container: no capabilities, no privilege escalation, read-only, not root")
+    config = json.loads(cm["data"]["agent.json"])
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    check(volumes.get("key", {}).get("secret", {}).get("secretName") == "sni-edge-agent-key"
+          and config.get("key_file") == mounts.get("key", "") + "/key",
+          "key_file is the mounted Secret's key", config.get("key_file"))
+    check(c.get("args", [])[:1] == ["agent"] and "--config" in c.get("args", [])
+          and c["args"][c["args"].index("--config") + 1] == mounts.get("config", "") + "/agent.json"
+          and volumes.get("config", {}).get("configMap", {}).get("name") == cm["metadata"]["name"],
+          "the agent runs with the ConfigMap's agent.json", c.get("args"))
+    check(sorted(config.get("targets", {}).values()) == ["traefik.kube-system.svc.cluster.local:443", "traefik.kube-system.svc.cluster.local:80"],
+          "targets are Traefik's Service", config.get("targets"))
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tunnel", action="store_true")
+    p.add_argument("--agent")
     p.add_argument("--yaml")
     p.add_argument("--manifest")
     p.add_argument("--chart-values")
     args = p.parse_args()
+    if args.agent:
+        check_agent(args.yaml or os.path.join(here, "..", "..", "k3s", "tunnel-agent.yaml"), args.agent)
+        failed = results.count(False)
+        print(f"{len(results) - failed} passed, {failed} failed")
+        return 1 if failed else 0
     name = "traefik-tunnel-trust.yaml" if args.tunnel else "traefik-proxy-protocol.yaml"
     yaml_file = args.yaml or os.path.join(here, "..", "..", "k3s", name)
     value_paths = TUNNEL_VALUE_PATHS if args.tunnel else VALUE_PATHS

@@ -100,7 +100,6 @@ else
   done
 fi
 
-# --- 3. module evaluation -----------------------------------------------------------------
 find_sni_edge() {
   local c
   for c in "${SNI_EDGE:-}" target/release/sni-edge target/debug/sni-edge; do
@@ -109,13 +108,51 @@ find_sni_edge() {
   return 1
 }
 
+SNI_EDGE_BIN=$(find_sni_edge) || SNI_EDGE_BIN=
+
+# sni_edge_check WHAT FILE [KEY_PATH]: `sni-edge check --config FILE`, counted. KEY_PATH (dotted,
+# e.g. tunnel.key_file) is where the config names a private key: a systemd credential or a mounted
+# Secret at run time, so it is pointed at a throwaway key first, as the modules' build-time check
+# does. That needs a sni-edge with tunnel mode (keygen); else it is skipped, and counted.
+N_KEYS=0
+sni_edge_check() {
+  local what=$1 file=$2 key_path=${3:-} out
+  if [ -z "$SNI_EDGE_BIN" ]; then
+    skip "sni-edge check on $what (no binary: set SNI_EDGE or cargo build)"
+    return
+  fi
+  if [ -n "$key_path" ]; then
+    N_KEYS=$((N_KEYS + 1))
+    if ! "$SNI_EDGE_BIN" keygen --out "$TMP/key-$N_KEYS" >/dev/null 2>"$TMP/keygen.err"; then
+      skip "sni-edge check on $what: this sni-edge has no tunnel mode yet (keygen: $(head -1 "$TMP/keygen.err"))"
+      return
+    fi
+    python3 - "$file" "$key_path" "$TMP/key-$N_KEYS" >"$TMP/config-$N_KEYS.json" <<'EOF'
+import json, sys
+config, path, key = json.load(open(sys.argv[1])), sys.argv[2].split("."), sys.argv[3]
+node = config
+for k in path[:-1]:
+    node = node[k]
+node[path[-1]] = key
+json.dump(config, sys.stdout)
+EOF
+    file=$TMP/config-$N_KEYS.json
+  fi
+  if out=$("$SNI_EDGE_BIN" check --config "$file" 2>&1); then
+    ok "sni-edge check accepts $what"
+  else
+    fail "sni-edge check accepts $what" "$out"$'\n'"$(cat "$file")"
+  fi
+}
+
+# --- 3. module evaluation -----------------------------------------------------------------
+
 if [ -z "${NIXPKGS_LIB:-}" ]; then
   skip "module evaluation (no nixpkgs lib: set NIXPKGS_LIB=/path/to/nix-community/nixpkgs.lib checkout or put it at ../shared/nixpkgs-lib)"
   [ -z "$LAB_OUT" ] || fail "--export-lab-config needs NIXPKGS_LIB"
 elif [ ! -f "$NIXPKGS_LIB/lib/default.nix" ]; then
   fail "NIXPKGS_LIB=$NIXPKGS_LIB has no lib/default.nix"
 else
-  SNI_EDGE_BIN=$(find_sni_edge) || SNI_EDGE_BIN=
 
   # --read-write-mode: the generated files must exist in the store for `sni-edge check`.
   if ! nix-instantiate "${NIX_OPTS[@]}" --eval --strict --json --read-write-mode \
@@ -148,33 +185,7 @@ EOF
           fail "$exported is what case $name generates (update: tests/nix/check.sh --update-generated)" "$out"
         fi
       fi
-      # key_file is a systemd credential at run time; checked here with a throwaway key, as the
-      # modules' build-time check does.
-      if [ "$run_check" = 1 ] && [ -n "$key_path" ] && [ -n "$SNI_EDGE_BIN" ]; then
-        if ! "$SNI_EDGE_BIN" keygen --out "$TMP/key-$name" >/dev/null 2>"$TMP/keygen.err"; then
-          skip "sni-edge check on the config of case $name: this sni-edge has no tunnel mode yet (keygen: $(head -1 "$TMP/keygen.err"))"
-          continue
-        fi
-        python3 - "$config_file" "$key_path" "$TMP/key-$name" >"$TMP/config-$name.json" <<'EOF2'
-import json, sys
-config, path, key = json.load(open(sys.argv[1])), sys.argv[2].split("."), sys.argv[3]
-node = config
-for k in path[:-1]:
-    node = node[k]
-node[path[-1]] = key
-json.dump(config, sys.stdout)
-EOF2
-        config_file=$TMP/config-$name.json
-      fi
-      if [ "$run_check" = 1 ]; then
-        if [ -z "$SNI_EDGE_BIN" ]; then
-          skip "sni-edge check on the config of case $name (no binary: set SNI_EDGE or cargo build)"
-        elif out=$("$SNI_EDGE_BIN" check --config "$config_file" 2>&1); then
-          ok "sni-edge check accepts the config of case $name"
-        else
-          fail "sni-edge check accepts the config of case $name" "$out"$'\n'"$(cat "$config_file")"
-        fi
-      fi
+      [ "$run_check" = 1 ] && sni_edge_check "the config of case $name" "$config_file" "$key_path"
       if [ -n "$manifest" ]; then
         yaml_args=() yaml_file=k3s/traefik-proxy-protocol.yaml
         [ "$manifest_tunnel" = 1 ] && yaml_args=(--tunnel) yaml_file=k3s/traefik-tunnel-trust.yaml
@@ -219,6 +230,12 @@ fi
 
 # --- 4. the plain YAML for k3s --------------------------------------------------------------
 if python3 -c 'import yaml' 2>/dev/null; then
+  if out=$(python3 tests/nix/check-k3s-yaml.py --agent "$TMP/k3s-agent.json" 2>&1); then
+    ok "k3s/tunnel-agent.yaml ($(tail -1 <<<"$out"))"
+    sni_edge_check "the agent config in k3s/tunnel-agent.yaml" "$TMP/k3s-agent.json" key_file
+  else
+    fail "k3s/tunnel-agent.yaml" "$(grep -v '^ok: ' <<<"$out")"
+  fi
   for mode in "" --tunnel; do
     yaml_file=k3s/traefik-proxy-protocol.yaml
     [ -n "$mode" ] && yaml_file=k3s/traefik-tunnel-trust.yaml
