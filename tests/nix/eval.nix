@@ -121,7 +121,10 @@ let
       lab = case.lab or false;
       manifestTunnel = case.manifestTunnel or false;
       export = case.export or null;
-      keyPath = case.keyPath or null;
+      # Where the config names a private key (a credential at run time).
+      keyPath =
+        case.keyPath
+          or (if (config.services.sniEdge.tunnelKeyFile or null) != null then "tunnel.key_file" else null);
       manifest =
         if ok && case ? manifest then
           toString config.services.k3s.manifests.${case.manifest}.source

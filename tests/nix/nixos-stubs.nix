@@ -340,6 +340,16 @@ let
         type = types.bool;
         default = true;
       };
+      networking.firewall.trustedInterfaces = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+
+      # nixos/modules/system/boot/systemd/tmpfiles.nix
+      systemd.tmpfiles.rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
 
       # nixos/modules/tasks/network-interfaces.nix (interfaceOpts, addrOpts)
       networking.interfaces = mkOption {
@@ -502,9 +512,16 @@ let
           generate = name: value: builtins.toFile name (builtins.toJSON value);
         };
 
+      # The one derivation whose output is read at evaluation time (the VM
+      # tunnel test's keys, read back with import from derivation) cannot be
+      # built here: its output is a fixture with public keys of the same form.
       runCommand =
         name: _env: script:
-        builtins.toFile name script;
+        if name == "sni-edge-tunnel-test-keys" then
+          ./fixtures/tunnel-test-keys
+        else
+          builtins.toFile name script;
+      writeText = name: text: builtins.toFile name text;
 
       stdenv = {
         buildPlatform.canExecute = _: canExecute;

@@ -115,7 +115,6 @@ in
   tunnel-gateway = {
     modules = [ gateway ];
     export = "tunnel-gateway";
-    keyPath = "tunnel.key_file";
     checks =
       config:
       let

@@ -19,14 +19,6 @@ let
 
   certs = common.certs [ "app.example.test" ];
 
-  whoamiImage = pkgs.dockerTools.buildImage {
-    name = "test.local/whoami";
-    tag = "local";
-    copyToRoot = [ pkgs.whoami ];
-    config.Entrypoint = [ "/bin/whoami" ];
-  };
-
-  labels."app.kubernetes.io/name" = "whoami";
 in
 {
   name = "sni-edge-k3s";
@@ -64,72 +56,9 @@ in
           extraFlags = [ "--flannel-iface eth1" ];
           images = [
             config.services.k3s.package.airgap-images
-            whoamiImage
+            common.whoami.image
           ];
-          manifests.whoami.content = [
-            {
-              apiVersion = "apps/v1";
-              kind = "Deployment";
-              metadata.name = "whoami";
-              spec = {
-                selector.matchLabels = labels;
-                template = {
-                  metadata = { inherit labels; };
-                  spec.containers = [
-                    {
-                      name = "whoami";
-                      image = "${whoamiImage.imageName}:${whoamiImage.imageTag}";
-                      imagePullPolicy = "Never";
-                      ports = [ { containerPort = 80; } ];
-                    }
-                  ];
-                };
-              };
-            }
-            {
-              apiVersion = "v1";
-              kind = "Service";
-              metadata.name = "whoami";
-              spec = {
-                selector = labels;
-                ports = [
-                  {
-                    port = 80;
-                    targetPort = 80;
-                  }
-                ];
-              };
-            }
-            {
-              apiVersion = "networking.k8s.io/v1";
-              kind = "Ingress";
-              metadata.name = "whoami";
-              spec = {
-                ingressClassName = "traefik";
-                tls = [
-                  {
-                    hosts = [ "app.example.test" ];
-                    secretName = "app-tls";
-                  }
-                ];
-                rules = [
-                  {
-                    host = "app.example.test";
-                    http.paths = [
-                      {
-                        path = "/";
-                        pathType = "Prefix";
-                        backend.service = {
-                          name = "whoami";
-                          port.number = 80;
-                        };
-                      }
-                    ];
-                  }
-                ];
-              };
-            }
-          ];
+          manifests.whoami.content = common.whoami.manifests;
         };
 
         services.sniEdge.k3sTrust = {

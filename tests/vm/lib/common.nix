@@ -84,4 +84,82 @@ rec {
       };
     };
   };
+
+  # traefik/whoami, an echo service that prints the request as Traefik passed
+  # it on (its headers, one per line), behind a TLS Ingress for
+  # app.example.test (Secret app-tls, made by the test), as manifests for
+  # services.k3s.manifests; its image is loaded from the store, never pulled.
+  whoami = rec {
+    image = pkgs.dockerTools.buildImage {
+      name = "test.local/whoami";
+      tag = "local";
+      copyToRoot = [ pkgs.whoami ];
+      config.Entrypoint = [ "/bin/whoami" ];
+    };
+    labels."app.kubernetes.io/name" = "whoami";
+    manifests = [
+      {
+        apiVersion = "apps/v1";
+        kind = "Deployment";
+        metadata.name = "whoami";
+        spec = {
+          selector.matchLabels = labels;
+          template = {
+            metadata = { inherit labels; };
+            spec.containers = [
+              {
+                name = "whoami";
+                image = "${image.imageName}:${image.imageTag}";
+                imagePullPolicy = "Never";
+                ports = [ { containerPort = 80; } ];
+              }
+            ];
+          };
+        };
+      }
+      {
+        apiVersion = "v1";
+        kind = "Service";
+        metadata.name = "whoami";
+        spec = {
+          selector = labels;
+          ports = [
+            {
+              port = 80;
+              targetPort = 80;
+            }
+          ];
+        };
+      }
+      {
+        apiVersion = "networking.k8s.io/v1";
+        kind = "Ingress";
+        metadata.name = "whoami";
+        spec = {
+          ingressClassName = "traefik";
+          tls = [
+            {
+              hosts = [ "app.example.test" ];
+              secretName = "app-tls";
+            }
+          ];
+          rules = [
+            {
+              host = "app.example.test";
+              http.paths = [
+                {
+                  path = "/";
+                  pathType = "Prefix";
+                  backend.service = {
+                    name = "whoami";
+                    port.number = 80;
+                  };
+                }
+              ];
+            }
+          ];
+        };
+      }
+    ];
+  };
 }
