@@ -23,7 +23,7 @@ let
   tunnelKeyFile = "/var/lib/secrets/sni-edge/tunnel.key";
   agentKeyFile = "/var/lib/secrets/sni-edge-agent/agent.key";
 
-  # The gateway of TUNNEL-CONTRACT.md's example: agents of group "home" dial
+  # The gateway of the tunnel interface's example: agents of group "home" dial
   # in on 7443; app.example.com goes through them to the agents' https
   # target, its ACME challenges to their http target.
   gateway = {
