@@ -99,7 +99,10 @@ in
           2
         ];
 
-        systemd.tmpfiles.rules = [ "C ${gatewayKeyFile} 0600 root root - ${keys}/gateway.key" ];
+        systemd.tmpfiles.rules = [
+          "d ${dirOf gatewayKeyFile} 0700 root root -"
+          "C ${gatewayKeyFile} 0600 root root - ${keys}/gateway.key"
+        ];
 
         services.sniEdge = {
           enable = true;
