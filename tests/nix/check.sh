@@ -167,11 +167,12 @@ import json, sys
 for name, c in sorted(json.load(open(sys.argv[1])).items()):
     fields = [name, " | ".join(c["problems"]), "1" if c["runCheck"] else "0",
               c["configFile"] or "", "1" if c["lab"] else "0", c["manifest"] or "",
-              c["export"] or "", c["keyPath"] or "", "1" if c["manifestTunnel"] else "0"]
+              c["export"] or "", c["keyPath"] or "", "1" if c["manifestTunnel"] else "0",
+              c["pythonScript"] or ""]
     print("\x1f".join(f.replace("\x1f", " ").replace("\n", " ") for f in fields))
 EOF
     LAB_FILE=
-    while IFS=$'\x1f' read -r name problems run_check config_file lab manifest export key_path manifest_tunnel; do
+    while IFS=$'\x1f' read -r name problems run_check config_file lab manifest export key_path manifest_tunnel python_script; do
       if [ -z "$problems" ]; then ok "module case $name"; else fail "module case $name" "$problems"; fi
       # Tunnel mode's configs are kept in tests/nix/generated/, equal to what the modules make.
       if [ -n "$export" ] && [ -n "$config_file" ]; then
@@ -183,6 +184,13 @@ EOF
           ok "$exported is what case $name generates"
         else
           fail "$exported is what case $name generates (update: tests/nix/check.sh --update-generated)" "$out"
+        fi
+      fi
+      if [ -n "$python_script" ]; then
+        if out=$(python3 -c 'import sys; compile(open(sys.argv[1]).read(), sys.argv[1], "exec")' "$python_script" 2>&1); then
+          ok "the test script of case $name compiles as Python"
+        else
+          fail "the test script of case $name compiles as Python" "$out"
         fi
       fi
       [ "$run_check" = 1 ] && sni_edge_check "the config of case $name" "$config_file" "$key_path"

@@ -120,6 +120,7 @@ let
       configFile = if ok && passes && enabled then toString (configOf config) else null;
       lab = case.lab or false;
       manifestTunnel = case.manifestTunnel or false;
+      pythonScript = if case ? pythonScript then toString case.pythonScript else null;
       export = case.export or null;
       # Where the config names a private key (a credential at run time).
       keyPath =

@@ -109,6 +109,24 @@ let
     ) t.nodes
   ) vmTests;
 
+  # Each VM test's script as the driver gets it (the gateway test's reads
+  # nodes.<name>.system.build.toplevel, stubbed): check.sh compiles it as
+  # Python, so a syntax error or a bad interpolation fails here.
+  scriptCases = lib.mapAttrs' (
+    test: t:
+    lib.nameValuePair "vm-${test}-script" {
+      baseModules = [ ];
+      modules = [ ];
+      runCheck = false;
+      pythonScript = builtins.toFile "vm-${test}-script.py" (
+        if builtins.isFunction t.testScript then
+          t.testScript { nodes = lib.mapAttrs (_: _: { system.build.toplevel = "/stub/toplevel"; }) t.nodes; }
+        else
+          t.testScript
+      );
+    }
+  ) vmTests;
+
   overlaid = lib.fix (final: pkgs // flake.overlays.default final pkgs);
 in
 {
@@ -196,3 +214,4 @@ in
   };
 }
 // vmCases
+// scriptCases

@@ -148,16 +148,7 @@ in
         image = imageOf config.services.sniEdge.package;
       in
       {
-        imports = [ (address "eth1" nodeAddress) ];
-        virtualisation.vlans = [ 2 ];
-        # As nixpkgs' own k3s tests (nixos/tests/rancher/default.nix).
-        virtualisation = {
-          memorySize = 2048;
-          diskSize = 4096;
-          cores = 2;
-        };
-        environment.systemPackages = [ pkgs.kubectl ];
-        environment.sessionVariables.KUBECONFIG = "/etc/rancher/k3s/k3s.yaml";
+        imports = [ common.k3sNode ];
 
         # Home: nothing comes in. The firewall is on with no open port (k3s'
         # API and kubelet included); only the pod bridge is trusted, so that
@@ -169,9 +160,6 @@ in
         };
 
         services.k3s = {
-          enable = true;
-          role = "server";
-          nodeIP = nodeAddress;
           # Traefik and CoreDNS stay on: the agents reach Traefik's Service
           # by name. ServiceLB is off: nothing outside the cluster reaches
           # Traefik (its Service is a ClusterIP, see k3sTunnelTrust).
@@ -180,7 +168,6 @@ in
             "local-storage"
             "metrics-server"
           ];
-          extraFlags = [ "--flannel-iface eth1" ];
           images = [
             config.services.k3s.package.airgap-images
             common.whoami.image
@@ -203,17 +190,6 @@ in
   };
 
   testScript = ''
-    https = (
-        "curl --fail --silent --show-error --max-time 10"
-        " --resolve app.example.test:443:${gatewayPublic} --cacert ${certs}/ca.pem"
-        " https://app.example.test/"
-    )
-    acme = (
-        "curl --fail --silent --show-error --max-time 10"
-        " --resolve app.example.test:80:${gatewayPublic}"
-        " http://app.example.test/.well-known/acme-challenge/token-tunnel"
-    )
-
     def connects(port):
         return f"timeout 5 bash -c 'exec 3<>/dev/tcp/${nodeAddress}/{port}'"
 
@@ -254,22 +230,10 @@ in
         ready = node.succeed("kubectl -n sni-edge get deployment sni-edge-agent -o jsonpath='{.status.readyReplicas}'")
         t.assertEqual(ready.strip(), "2")
 
-    with subtest("the client reaches the service by name through the tunnel and is seen as itself"):
-        client.wait_until_succeeds(https, timeout=300)
-        lines = client.succeed(https).splitlines()
-        t.assertIn("X-Real-Ip: ${clientAddress}", lines)
-        t.assertIn("X-Forwarded-For: ${clientAddress}", lines)
-
-    with subtest("ACME http-01 on port 80 reaches the service through the tunnel"):
-        lines = client.succeed(acme).splitlines()
-        t.assertIn("GET /.well-known/acme-challenge/token-tunnel HTTP/1.1", lines)
-        t.assertIn("X-Real-Ip: ${clientAddress}", lines)
-
-    with subtest("other names get nothing"):
-        client.fail(
-            "curl --fail --silent --max-time 10 --insecure"
-            " --resolve evil.example.test:443:${gatewayPublic} https://evil.example.test/"
-        )
+    ${common.whoamiSubtests {
+      inherit certs;
+      token = "token-tunnel";
+    }}
 
     with subtest("with one agent gone, the other carries every connection"):
         pod = node.succeed(
