@@ -16,6 +16,11 @@ let
   cfg = config.services.sniEdgeAgent;
   settingsFormat = pkgs.formats.json { };
   inherit (lib) literalMD mkOption types;
+  inherit (import ./lib/options.nix { inherit lib settingsFormat; })
+    durationOption
+    logOption
+    metricsOption
+    ;
 
   # A fixed path: the unit stays the same when only the config changes.
   configPath = "/etc/sni-edge-agent/config.json";
@@ -29,14 +34,6 @@ let
     keyPath = ".key_file";
   };
 
-  optionalStr =
-    defaultText: example: description:
-    mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      defaultText = literalMD defaultText;
-      inherit example description;
-    };
   group =
     description: options:
     mkOption {
@@ -157,66 +154,18 @@ in
             '';
           };
           timeouts = group "Timeouts, as humantime strings (`250ms`, `5s`, `15m`)." {
-            connect = optionalStr "unset: `5s`" "5s" "Time to connect to a gateway or a target.";
-            handshake = optionalStr "unset: `5s`" "5s" "Time the session handshake with a gateway may take.";
-            idle =
-              optionalStr "unset: `15m`" "15m"
-                "A relayed stream silent in both directions this long is closed.";
+            connect = durationOption "5s" "Time to connect to a gateway or a target.";
+            handshake = durationOption "5s" "Time the session handshake with a gateway may take.";
+            idle = durationOption "15m" "A relayed stream silent in both directions this long is closed.";
           };
           reconnect = group "Reconnecting to a gateway after a loss, with jittered backoff." {
-            min_delay = optionalStr "unset: `250ms`" "250ms" "First delay before reconnecting.";
-            max_delay = optionalStr "unset: `30s`" "30s" "Longest delay between two attempts.";
+            min_delay = durationOption "250ms" "First delay before reconnecting.";
+            max_delay = durationOption "30s" "Longest delay between two attempts.";
           };
-          log = group "Logging." {
-            level = mkOption {
-              type = types.nullOr (
-                types.enum [
-                  "trace"
-                  "debug"
-                  "info"
-                  "warn"
-                  "error"
-                ]
-              );
-              default = null;
-              defaultText = literalMD "unset: `info`";
-              example = "debug";
-              description = "Log level.";
-            };
-            format = mkOption {
-              type = types.nullOr (
-                types.enum [
-                  "auto"
-                  "text"
-                  "journald"
-                ]
-              );
-              default = null;
-              defaultText = literalMD "unset: `auto`";
-              example = "text";
-              description = "Log format; `auto` is journald fields under systemd, else text.";
-            };
-          };
-          metrics = mkOption {
-            default = null;
-            defaultText = literalMD "unset: no metrics endpoint";
-            example = {
-              address = "127.0.0.1:9114";
-            };
-            description = ''
-              Prometheus metrics endpoint of the agent (the only socket it
-              listens on). Never opened in the firewall.
-            '';
-            type = types.nullOr (
-              types.submodule {
-                freeformType = settingsFormat.type;
-                options.address = mkOption {
-                  type = types.str;
-                  example = "127.0.0.1:9114";
-                  description = "Socket address of the metrics endpoint.";
-                };
-              }
-            );
+          log = logOption;
+          metrics = metricsOption {
+            example = "127.0.0.1:9114";
+            what = "sessions to the gateways, streams, bytes, reconnects";
           };
         };
       };

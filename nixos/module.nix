@@ -21,6 +21,14 @@ let
     mkOption
     types
     ;
+  inherit (import ./lib/options.nix { inherit lib settingsFormat; })
+    enumOption
+    strOption
+    durationOption
+    countOption
+    logOption
+    metricsOption
+    ;
 
   # Where the service reads its config. A fixed path in /etc (not the store
   # path) keeps the unit file unchanged when only the config changes, so that
@@ -254,37 +262,6 @@ let
     };
   };
 
-  # An optional choice: unset (null) leaves the gateway's default.
-  enumOption =
-    values: default: example: description:
-    mkOption {
-      type = types.nullOr (types.enum values);
-      default = null;
-      defaultText = literalMD "unset: `${default}`";
-      inherit example description;
-    };
-
-  # An optional string; defaultText says what unset (null) means.
-  strOption =
-    defaultText: example: description:
-    mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      defaultText = literalMD defaultText;
-      inherit example description;
-    };
-
-  durationOption = default: strOption "unset: `${default}`" default;
-
-  countOption =
-    default: description:
-    mkOption {
-      type = types.nullOr types.ints.positive;
-      default = null;
-      defaultText = literalMD "unset: `${toString default}`";
-      example = default;
-      inherit description;
-    };
 in
 {
   options.services.sniEdge = {
@@ -548,52 +525,12 @@ in
             };
           };
 
-          metrics = mkOption {
-            default = null;
-            defaultText = literalMD "unset: no metrics endpoint";
-            example = {
-              address = "127.0.0.1:9113";
-            };
-            description = ''
-              Prometheus metrics endpoint: any GET on this address returns the
-              metrics in the text format (connections by route and outcome,
-              bytes, backend servers up, reloads). The gateway binds it
-              itself, also with socket activation; it is never opened in the
-              firewall.
-            '';
-            type = types.nullOr (
-              types.submodule {
-                freeformType = settingsFormat.type;
-                options.address = mkOption {
-                  type = types.str;
-                  example = "127.0.0.1:9113";
-                  description = "Socket address of the metrics endpoint. It is never opened in the firewall.";
-                };
-              }
-            );
+          metrics = metricsOption {
+            example = "127.0.0.1:9113";
+            what = "connections by route and outcome, bytes, backend servers up, reloads";
           };
 
-          log = mkOption {
-            default = { };
-            description = "Logging.";
-            type = types.submodule {
-              freeformType = settingsFormat.type;
-              options = {
-                level = enumOption [
-                  "trace"
-                  "debug"
-                  "info"
-                  "warn"
-                  "error"
-                ] "info" "debug" "Log level.";
-                format = enumOption [
-                  "auto"
-                  "text"
-                  "journald"
-                ] "auto" "text" "Log format; `auto` is journald fields under systemd, else text.";
-              };
-            };
-          };
+          log = logOption;
         };
       };
     };
