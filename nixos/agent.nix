@@ -20,6 +20,7 @@ let
     durationOption
     logOption
     metricsOption
+    configFileOption
     ;
 
   # A fixed path: the unit stays the same when only the config changes.
@@ -81,15 +82,10 @@ in
       '';
     };
 
-    configFile = mkOption {
-      type = types.path;
-      readOnly = true;
+    configFile = configFileOption {
       default = validatedFile;
-      defaultText = literalMD "the JSON file generated from {option}`services.sniEdgeAgent.settings`";
-      description = ''
-        The generated (and, with {option}`services.sniEdgeAgent.checkConfig`,
-        checked) config file. The service reads it as {file}`${configPath}`.
-      '';
+      prefix = "services.sniEdgeAgent";
+      path = configPath;
     };
 
     settings = mkOption {

@@ -28,6 +28,7 @@ let
     countOption
     logOption
     metricsOption
+    configFileOption
     ;
 
   # Where the service reads its config. A fixed path in /etc (not the store
@@ -340,15 +341,10 @@ in
       '';
     };
 
-    configFile = mkOption {
-      type = types.path;
-      readOnly = true;
+    configFile = configFileOption {
       default = validatedFile;
-      defaultText = literalMD "the JSON file generated from {option}`services.sniEdge.settings`";
-      description = ''
-        The generated (and, with {option}`services.sniEdge.checkConfig`,
-        checked) config file. The service reads it as {file}`${configPath}`.
-      '';
+      prefix = "services.sniEdge";
+      path = configPath;
     };
 
     settings = mkOption {

@@ -84,4 +84,23 @@ rec {
         }
       );
     };
+
+  # The module's generated (and checked) config file, for other modules to
+  # read; the service reads it at `path`, a fixed path in /etc.
+  configFileOption =
+    {
+      default,
+      prefix,
+      path,
+    }:
+    mkOption {
+      type = types.path;
+      readOnly = true;
+      inherit default;
+      defaultText = literalMD "the JSON file generated from {option}`${prefix}.settings`";
+      description = ''
+        The generated (and, with {option}`${prefix}.checkConfig`, checked)
+        config file. The service reads it as {file}`${path}`.
+      '';
+    };
 }

@@ -136,8 +136,40 @@ in
     flake.nixosModules.default
     flake.nixosModules.sni-edge
   ];
+  flake-module-agent-and-default = {
+    baseModules = [ ];
+    modules = [
+      flake.nixosModules.agent
+      flake.nixosModules.default
+      flake.nixosModules.agent
+      {
+        services.sniEdgeAgent = {
+          enable = true;
+          keyFile = "/var/lib/secrets/agent.key";
+          settings.gateways = [
+            {
+              address = "gateway.example.com:7443";
+              public_key = "sni-edge-key:tD7dsK9KJv9D5nfUg4uQFn1VeRSLD7-cXIiCvLgtppk";
+            }
+          ];
+          settings.targets.https = "127.0.0.1:443";
+        };
+      }
+    ];
+    runCheck = false;
+    checks =
+      config:
+      let
+        p = config.services.sniEdgeAgent.package;
+      in
+      expect (
+        p.name == "sni-edge-${version}"
+      ) "services.sniEdgeAgent.package is ${p.name}, want the flake's sni-edge-${version}"
+      ++ expect (lib.hasInfix "/stub/sni-edge-${version}/bin/sni-edge agent" config.systemd.services.sni-edge-agent.serviceConfig.ExecStart) "the agent does not run the flake's package";
+  };
   flake-modules-all-names-twice = flakeCase [
     flake.nixosModules.sni-edge
+    flake.nixosModules.agent
     flake.nixosModules.default
     flake.nixosModules.k3s-traefik
     flake.nixosModules.default
@@ -201,6 +233,9 @@ in
         x86.default.name == "sni-edge-${version}"
       ) "packages.x86_64-linux.default is ${x86.default.name}"
       ++ expect (x86 ? sni-edge-aarch64-linux) "packages.x86_64-linux has no sni-edge-aarch64-linux"
+      ++ expect (
+        x86 ? sni-edge-image
+      ) "packages.x86_64-linux has no sni-edge-image (the agent's image for k3s)"
       ++ expect (
         !(flake.packages.aarch64-linux ? sni-edge-aarch64-linux)
       ) "aarch64-linux cross-builds to itself"
