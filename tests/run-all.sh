@@ -79,8 +79,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 say "installing test dependencies from Debian"
-# gcc and libc6-dev: the C compiler that the ring crate's build needs.
-PACKAGES=(gcc libc6-dev nginx haproxy curl openssl chromium iproute2 ethtool libnss3-tools tcpdump procps
+# gcc and libc6-dev: the C compiler that the ring crate's build needs. libgmp10 and libffi8: what
+# nixfmt (../shared/tools/nixfmt-1.2.0/nixfmt, used by tests/nix/check.sh) links against.
+PACKAGES=(gcc libc6-dev libgmp10 libffi8 nginx haproxy curl openssl chromium iproute2 ethtool libnss3-tools tcpdump procps
   python3 python3-yaml nix-bin)
 missing=()
 for p in "${PACKAGES[@]}"; do
