@@ -12,15 +12,18 @@
 #    $NIXFMT, else `nixfmt` on PATH, else ../shared/tools/nixfmt-1.2.0/nixfmt (the version
 #    nixpkgs pins, beside the repo in CI).
 # 3. With the real nixpkgs lib/ ($NIXPKGS_LIB, else ../shared/nixpkgs-lib beside the repo): the
-#    cases of tests/nix/cases.nix through lib.evalModules against tests/nix/nixos-stubs.nix (see
-#    tests/nix/eval.nix): the modules alone, the flake's nixosModules (each name alone and
-#    both together), overlays.default on a stub package set, the VM tests' node
-#    configurations, one case per assertion, and every `{option}` reference in the rendered
-#    option descriptions resolved against the declared options. `sni-edge check --config` runs
-#    on each generated config (binary: $SNI_EDGE, else target/release/sni-edge, else
-#    target/debug/sni-edge); the generated k3s manifest is compared with
-#    k3s/traefik-proxy-protocol.yaml; the lab case must generate examples/lab.json.
-# 4. tests/nix/check-k3s-yaml.py on k3s/traefik-proxy-protocol.yaml (needs PyYAML).
+#    cases of tests/nix/cases.nix, flake-cases.nix and tunnel-cases.nix through lib.evalModules
+#    against tests/nix/nixos-stubs.nix (see tests/nix/eval.nix): the modules alone, the flake's
+#    nixosModules (each name alone and together), overlays.default on a stub package set, the
+#    VM tests' node configurations and scripts, tunnel mode's gateway and agent, one case per
+#    assertion, and every `{option}` reference in the rendered option descriptions resolved
+#    against the declared options. `sni-edge check --config` runs on each generated config
+#    (binary: $SNI_EDGE, else target/release/sni-edge, else target/debug/sni-edge; a config with
+#    a key_file is checked with a throwaway key); tests/nix/generated/*.json must equal what
+#    the modules generate; the generated k3s manifests are compared with k3s/*.yaml; the lab
+#    case must generate examples/lab.json.
+# 4. tests/nix/check-k3s-yaml.py on k3s/traefik-proxy-protocol.yaml, traefik-tunnel-trust.yaml
+#    and tunnel-agent.yaml (whose agent config also goes through `sni-edge check`); needs PyYAML.
 #
 # Prints one line per check and a last line "N passed, M failed, K skipped"; whatever cannot
 # run here is counted as skipped, never as passed. Exits 1 if any check failed.
@@ -37,7 +40,7 @@ case "${1:-}" in
     LAB_OUT=${2:-}
     [ -n "$LAB_OUT" ] || { echo "usage: $0 [--export-lab-config FILE]" >&2; exit 2; }
     ;;
-  -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--export-lab-config FILE | --update-generated]" >&2; exit 2 ;;
 esac
 
