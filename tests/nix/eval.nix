@@ -1,6 +1,8 @@
-# Evaluates every case in cases.nix against nixos/module.nix and
-# nixos/k3s-traefik.nix with nothing but nixpkgs' lib/ and the stubs in
-# nixos-stubs.nix. Run by tests/nix/check.sh:
+# Evaluates every case in cases.nix and tunnel-cases.nix against the repo's
+# modules (nixos/module.nix, agent.nix, k3s-traefik.nix), the cases of
+# flake-cases.nix through flake.nix, and the option docs' {option}
+# references, with nothing but nixpkgs' lib/ and the stubs in nixos-stubs.nix.
+# Run by tests/nix/check.sh:
 #
 #   nix-instantiate --eval --strict --json --read-write-mode tests/nix/eval.nix \
 #     --arg nixpkgsLib /path/to/nixpkgs.lib
