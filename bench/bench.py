@@ -4,7 +4,10 @@
 Starts the backend and the four gateways, runs every load against every target in
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
-in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR.
+in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR,
+and BENCH_SUITE. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
+mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
+tunnel behind a home firewall that drops every inbound connection; the loads are the same.
 """
 import datetime
 import json
@@ -19,8 +22,10 @@ import time
 E = os.environ
 WORK, NS_C, NS_G, NS_B = E["WORK"], E["NS_C"], E["NS_G"], E["NS_B"]
 SNI_EDGE, REPO, BENCH_DIR = E["SNI_EDGE"], E["REPO"], E["BENCH_DIR"]
+TUNNEL = E.get("BENCH_SUITE", "gateways") == "tunnel"
+NS_H, RATHOLE = E.get("NS_H", ""), E.get("RATHOLE", "")
 QUICK = E.get("BENCH_QUICK") == "1"
-PROFILE = E.get("BENCH_NO_PROFILE") != "1"
+PROFILE = E.get("BENCH_NO_PROFILE") != "1" and not TUNNEL
 
 REPS = 1 if QUICK else 3           # runs per figure; the table shows the median
 RATE_SECS = 1.5 if QUICK else 3.0  # one connection-rate run
@@ -36,14 +41,27 @@ TTFB_ROUNDS = 100 if QUICK else 300  # sequential connections per target and run
 PAD = 1400                         # ALPN padding: a ~1.9 KB ClientHello, two TCP segments
 SNI = "bench.example.test"
 GW, BE = "198.51.100.1", "192.0.2.20"
+CLIENT = "198.51.100.10"
+GW_HOME, HOME = "203.0.113.1", "203.0.113.20"  # the gateway's address on the home link; home's
+TUNNEL_PORT, SSH_FWD, RATHOLE_CTL, RATHOLE_FWD = 7443, 8443, 2333, 8444
 CLK = os.sysconf("SC_CLK_TCK")
 # Priority of everything measured (load generator, gateways, backend): the machine may be shared
 # with builds; a higher priority keeps their noise out of the figures. BENCH_NICE=0 to switch off.
 NICE = E.get("BENCH_NICE", "-10")
 
 # name, address, port the client connects to
-TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
-           ("sniproxy", GW, 446)]
+if TUNNEL:
+    TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("sni-edge-tunnel", GW, 444), ("ssh", GW, 445),
+               ("rathole", GW, 446)]
+    PEER = "sni-edge"    # the ×p ratios compare to sni-edge's direct mode
+    PADS, BULK = (0,), (1,)
+else:
+    TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
+               ("sniproxy", GW, 446)]
+    PEER = "haproxy"
+    PADS, BULK = (0, PAD), (1, PARALLEL)
+COLUMNS = [t[0] for t in TARGETS]  # the table's columns, including a target skipped at run time
+SKIPPED = {}                       # target -> why it was not measured
 GATEWAYS = [t for t in TARGETS if t[0] != "direct"]
 T0 = time.monotonic()
 
@@ -151,23 +169,18 @@ def tcp_out_segs(ns):
 
 
 # --- configs -------------------------------------------------------------------------------------
-def configs():
+def ingress_conf(d, listens):
+    """The backend's nginx (TLS terminated, /small, /ip, /big.bin) with its files in WORK/d."""
+    os.makedirs(f"{WORK}/{d}", exist_ok=True)
+    os.chmod(f"{WORK}/{d}", 0o777)
     tls = f"{WORK}/tls"
-    for d in ("backend", "nginx-gw", "sniproxy", "www"):
-        os.makedirs(f"{WORK}/{d}", exist_ok=True)
-        os.chmod(f"{WORK}/{d}", 0o777)
-    with open(f"{WORK}/www/big.bin", "wb") as f:
-        block = os.urandom(1 << 20)
-        for _ in range(BIG_MIB):
-            f.write(block)
-    os.chmod(f"{WORK}/www/big.bin", 0o644)
-    temps = "".join(f"  {k}_temp_path {WORK}/backend/{k};\n"
+    temps = "".join(f"  {k}_temp_path {WORK}/{d}/{k};\n"
                     for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    write(f"{WORK}/backend/nginx.conf", f"""daemon off;
+    write(f"{WORK}/{d}/nginx.conf", f"""daemon off;
 worker_processes 1;
 worker_rlimit_nofile {min(FD_MAX, 65536)};
-pid {WORK}/backend/nginx.pid;
-error_log {WORK}/backend/error.log warn;
+pid {WORK}/{d}/nginx.pid;
+error_log {WORK}/{d}/error.log warn;
 events {{ worker_connections 30000; }}
 http {{
 {temps}  access_log off;
@@ -180,24 +193,19 @@ http {{
   ssl_certificate {tls}/server.pem;
   ssl_certificate_key {tls}/server.key;
   server {{
-    listen {BE}:443 ssl proxy_protocol backlog=65535;   # behind a gateway: PROXY v1 or v2
-    listen {BE}:8443 ssl backlog=65535;                 # the direct path
+{listens}
     server_name {SNI};
     location = /small {{ return 200 "ok\\n"; }}
+    location = /ip {{ return 200 "$proxy_protocol_addr\\n"; }}   # the client address a gateway passed on
     location = /big.bin {{ root {WORK}/www; }}
   }}
 }}
 """)
-    write(f"{WORK}/sni-edge.json", json.dumps({
-        "log": {"level": "warn", "format": "text"},
-        "listeners": [{"address": f"{GW}:443", "protocol": "tls"}],
-        "routes": [{"names": [SNI], "backend": "bench"}],
-        "backends": {"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}},
-        "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
-                   "max_connections_per_client": 40000},
-    }, indent=2))
-    write(f"{WORK}/haproxy.cfg", f"""global
+
+
+def haproxy_cfg(path, port, server):
+    """HAProxy as the SNI-routing forwarder: TLS hello inspected, PROXY v2 to `server`."""
+    write(path, f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
 defaults
@@ -206,13 +214,47 @@ defaults
   timeout client 10m
   timeout server 10m
 frontend tls
-  bind {GW}:444
+  bind {GW}:{port}
   tcp-request inspect-delay 5s
   tcp-request content accept if {{ req_ssl_hello_type 1 }}
   use_backend bench if {{ req.ssl_sni -i {SNI} }}
 backend bench
-  server backend {BE}:443 send-proxy-v2
+  server backend {server} send-proxy-v2
 """)
+
+
+def sni_edge_conf(**parts):
+    """A gateway config: one route for SNI to the backend `bench`; log, timeouts and limits as
+    every measured sni-edge has them."""
+    return json.dumps({
+        "log": {"level": "warn", "format": "text"},
+        "routes": [{"names": [SNI], "backend": "bench"}],
+        "timeouts": {"client_hello": "5s", "idle": "10m"},
+        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
+                   "max_connections_per_client": 40000},
+        **parts,
+    }, indent=2)
+
+
+def configs():
+    os.makedirs(f"{WORK}/www", exist_ok=True)
+    os.chmod(f"{WORK}/www", 0o777)
+    with open(f"{WORK}/www/big.bin", "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(BIG_MIB):
+            f.write(block)
+    os.chmod(f"{WORK}/www/big.bin", 0o644)
+    ingress_conf("backend", f"    listen {BE}:443 ssl proxy_protocol backlog=65535;   # behind a gateway: PROXY v1 or v2\n"
+                            f"    listen {BE}:8443 ssl backlog=65535;                 # the direct path")
+    write(f"{WORK}/sni-edge.json", sni_edge_conf(
+        listeners=[{"address": f"{GW}:443", "protocol": "tls"}],
+        backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
+    if TUNNEL:
+        return tunnel_configs()
+    for d in ("nginx-gw", "sniproxy"):
+        os.makedirs(f"{WORK}/{d}", exist_ok=True)
+        os.chmod(f"{WORK}/{d}", 0o777)
+    haproxy_cfg(f"{WORK}/haproxy.cfg", 444, f"{BE}:443")
     write(f"{WORK}/nginx-gw/nginx.conf", f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 worker_processes 1;
@@ -248,6 +290,161 @@ table bench {{
   ^bench\\\\.example\\\\.test$ {BE}:443 proxy_protocol
 }}
 """)
+
+
+def run_ok(argv, what):
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        sys.exit(f"bench: {what} failed: {r.stdout}{r.stderr}")
+    return r.stdout
+
+
+# --- the tunnel suite ----------------------------------------------------------------------------
+# Home (NS_H) runs its own nginx, the same server as the backend's, listening on every address:
+# only its firewall keeps the gateway out. Each tunnel's home side relays to 127.0.0.1:443 (PROXY
+# header included, written on the gateway). Keys are made at run time, each side trusts only the
+# other's key: sni-edge (keygen; agent keys listed at the gateway, gateway key in the agent),
+# OpenSSH (authorized_keys at the gateway, a known_hosts file with StrictHostKeyChecking at home),
+# rathole (Noise NK: the client pins the server's key; the service token authenticates the client).
+def has_tunnel_mode():
+    return subprocess.run([SNI_EDGE, "keygen", "--help"], capture_output=True).returncode == 0
+
+
+def tunnel_configs():
+    ingress_conf("home", "    listen 443 ssl proxy_protocol backlog=65535;   # home: reached only through tunnels")
+    d = f"{WORK}/tunnel"
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    if "sni-edge-tunnel" not in SKIPPED:
+        gw_pub = run_ok([SNI_EDGE, "keygen", "--out", f"{d}/gateway.key"], "sni-edge keygen").strip()
+        agent_pub = run_ok([SNI_EDGE, "keygen", "--out", f"{d}/agent.key"], "sni-edge keygen").strip()
+        write(f"{d}/gateway.json", sni_edge_conf(
+            listeners=[{"address": f"{GW}:444", "protocol": "tls"},
+                       {"address": f"{GW_HOME}:{TUNNEL_PORT}", "protocol": "tunnel"}],
+            tunnel={"key_file": f"{d}/gateway.key", "agents": {"home": [agent_pub]}},
+            backends={"bench": {"agents": "home", "target": "https", "proxy_protocol": "v2"}}))
+        write(f"{d}/agent.json", json.dumps({
+            "key_file": f"{d}/agent.key",
+            "gateways": [{"address": f"{GW_HOME}:{TUNNEL_PORT}", "public_key": gw_pub}],
+            "targets": {"https": "127.0.0.1:443"},
+            "log": {"level": "warn", "format": "text"},
+        }, indent=2))
+    # OpenSSH as the write-ups run it: sshd on the gateway, `autossh -M 0 -N -R` at home, HAProxy
+    # on the gateway's :445 in front of the forwarded port (sshd cannot route by SNI nor bind 443
+    # unprivileged in real setups).
+    for key in ("host", "home"):
+        run_ok(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"bench-{key}", "-f", f"{d}/ssh_{key}"],
+               "ssh-keygen")
+    host_pub = open(f"{d}/ssh_host.pub").read().split()
+    write(f"{d}/known_hosts", f"{GW_HOME} {host_pub[0]} {host_pub[1]}\n")
+    write(f"{d}/authorized_keys", f'restrict,port-forwarding,permitlisten="127.0.0.1:{SSH_FWD}" '
+          + open(f"{d}/ssh_home.pub").read())
+    write(f"{d}/sshd_config", f"""ListenAddress {GW_HOME}:22
+HostKey {d}/ssh_host
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+# The work directory lives under /tmp (world-writable), which StrictModes refuses.
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AllowTcpForwarding remote
+GatewayPorts no
+MaxStartups 100:30:200
+ClientAliveInterval 10
+ClientAliveCountMax 3
+""")
+    run_ok(["/usr/sbin/sshd", "-t", "-f", f"{d}/sshd_config"], "sshd -t")
+    haproxy_cfg(f"{d}/haproxy-ssh.cfg", 445, f"127.0.0.1:{SSH_FWD}")
+    # rathole 0.5 with its Noise transport (no certificates to make); HAProxy on :446 in front,
+    # since rathole forwards a port and routes no names.
+    keys = run_ok([RATHOLE, "--genkey"], "rathole --genkey")
+    priv, pub = re.findall(r"^([A-Za-z0-9+/]{43}=)$", keys, re.M)[:2]
+    token = os.urandom(16).hex()
+    write(f"{d}/rathole-server.toml", f"""[server]
+bind_addr = "{GW_HOME}:{RATHOLE_CTL}"
+[server.transport]
+type = "noise"
+[server.transport.noise]
+local_private_key = "{priv}"
+[server.services.bench]
+token = "{token}"
+bind_addr = "127.0.0.1:{RATHOLE_FWD}"
+""")
+    write(f"{d}/rathole-client.toml", f"""[client]
+remote_addr = "{GW_HOME}:{RATHOLE_CTL}"
+[client.transport]
+type = "noise"
+[client.transport.noise]
+remote_public_key = "{pub}"
+[client.services.bench]
+token = "{token}"
+local_addr = "127.0.0.1:443"
+""")
+    haproxy_cfg(f"{d}/haproxy-rathole.cfg", 446, f"127.0.0.1:{RATHOLE_FWD}")
+
+
+def start_tunnel():
+    """Starts the backend, home's nginx and every target's processes. Returns (gateway side,
+    home side): target -> list of processes (trees counted)."""
+    d = f"{WORK}/tunnel"
+    gw, home = {}, {}
+    p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
+    wait_listen("backend", NS_B, BE, 443, p)
+    wait_listen("backend", NS_B, BE, 8443, p)
+    p = start("home-nginx", NS_H, 1, ["nginx", "-c", f"{WORK}/home/nginx.conf"])
+    wait_listen("home-nginx", NS_H, "0.0.0.0", 443, p)
+    run_ok([SNI_EDGE, "check", "--config", f"{WORK}/sni-edge.json"], "sni-edge check")
+    p = start("sni-edge", NS_G, 1, [SNI_EDGE, "run", "--config", f"{WORK}/sni-edge.json"])
+    wait_listen("sni-edge", NS_G, GW, 443, p)
+    gw["sni-edge"] = [p]
+    if "sni-edge-tunnel" not in SKIPPED:
+        run_ok([SNI_EDGE, "check", "--config", f"{d}/gateway.json"], "sni-edge check (tunnel gateway)")
+        run_ok([SNI_EDGE, "check", "--config", f"{d}/agent.json"], "sni-edge check (agent)")
+        p = start("sni-edge-tunnel", NS_G, 1, [SNI_EDGE, "run", "--config", f"{d}/gateway.json"])
+        wait_listen("sni-edge-tunnel", NS_G, GW, 444, p)
+        wait_listen("sni-edge-tunnel", NS_G, GW_HOME, TUNNEL_PORT, p)
+        gw["sni-edge-tunnel"] = [p]
+        home["sni-edge-tunnel"] = [start("sni-edge-agent", NS_H, 1, [SNI_EDGE, "agent", "--config", f"{d}/agent.json"])]
+    sshd = start("sshd", NS_G, 1, ["/usr/sbin/sshd", "-D", "-e", "-f", f"{d}/sshd_config"])
+    wait_listen("sshd", NS_G, GW_HOME, 22, sshd)
+    ssh_opts = ["-F", "/dev/null", "-i", f"{d}/ssh_home", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={d}/known_hosts", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+    home["ssh"] = [start("autossh", NS_H, 1, ["env", "AUTOSSH_GATETIME=0", f"AUTOSSH_LOGFILE={WORK}/autossh.log",
+                                              "autossh", "-M", "0", "-N", *ssh_opts,
+                                              "-R", f"127.0.0.1:{SSH_FWD}:127.0.0.1:443", f"root@{GW_HOME}"])]
+    wait_listen("sshd", NS_G, "127.0.0.1", SSH_FWD, sshd)
+    p = start("haproxy-ssh", NS_G, 1, ["haproxy", "-db", "-f", f"{d}/haproxy-ssh.cfg"])
+    wait_listen("haproxy-ssh", NS_G, GW, 445, p)
+    gw["ssh"] = [p, sshd]
+    rs = start("rathole-server", NS_G, 1, [RATHOLE, "--server", f"{d}/rathole-server.toml"])
+    wait_listen("rathole-server", NS_G, GW_HOME, RATHOLE_CTL, rs)
+    home["rathole"] = [start("rathole-client", NS_H, 1, [RATHOLE, "--client", f"{d}/rathole-client.toml"])]
+    wait_listen("rathole-server", NS_G, "127.0.0.1", RATHOLE_FWD, rs)
+    p = start("haproxy-rathole", NS_G, 1, ["haproxy", "-db", "-f", f"{d}/haproxy-rathole.cfg"])
+    wait_listen("haproxy-rathole", NS_G, GW, 446, p)
+    gw["rathole"] = [p, rs]
+    return gw, home
+
+
+def tunnel_checks():
+    """What a user would observe: the gateway cannot open a connection to home (only its
+    firewall stops it: home itself reaches the same address), and every target delivers the
+    client's own address to the ingress in the PROXY header."""
+    def reach(ns):  # a TCP connection to home's nginx within 1 s
+        return subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", "import socket, sys; "
+                               f"socket.create_connection(('{HOME}', 443), timeout=1)"],
+                              capture_output=True).returncode == 0
+    if reach(NS_G) or not reach(NS_H):
+        sys.exit(f"bench: home firewall: the gateway must not reach {HOME}:443 and home must")
+    log(f"home firewall: the gateway cannot connect to {HOME}:443, home itself can")
+    for name, ip, port in GATEWAYS:
+        seen = subprocess.run(in_ns(NS_C, 0, ["curl", "-sk", "--max-time", "10", "--resolve", f"{SNI}:{port}:{ip}",
+                                              f"https://{SNI}:{port}/ip"]), capture_output=True, text=True).stdout.strip()
+        if seen != CLIENT:
+            sys.exit(f"bench: {name}: the ingress saw client address {seen!r}, not {CLIENT}")
+    log(f"every target passes the client's address ({CLIENT}) to the ingress")
 
 
 def start_all():
@@ -300,20 +497,53 @@ def download(ip, port, n):
     return total, wall
 
 
+def skip_tunnel_without_keygen():
+    global TARGETS, GATEWAYS
+    if not TUNNEL or has_tunnel_mode():
+        return
+    SKIPPED["sni-edge-tunnel"] = (f"{SNI_EDGE} has no `keygen` subcommand (no tunnel mode): the sni-edge tunnel "
+                                  "column is skipped; run again with SNI_EDGE set to a build with tunnel mode")
+    log("SKIPPED: " + SKIPPED["sni-edge-tunnel"])
+    TARGETS = [t for t in TARGETS if t[0] not in SKIPPED]
+    GATEWAYS = [t for t in GATEWAYS if t[0] not in SKIPPED]
+
+
+def wait_serving(name, ip, port):
+    """A tunnel serves once its home side has dialled in: try for up to 20 s."""
+    for _ in range(40):
+        if tlsload("rate", ip, port, SNI, 1, 0.5, 1)["ok"] >= 1:
+            return
+        time.sleep(0.5)
+    sys.exit(f"bench: {name} on {ip}:{port} does not serve (logs in {WORK})")
+
+
 def main():
     started_at = datetime.datetime.now(datetime.timezone.utc)
     load_start = open("/proc/loadavg").read().split()[:3]
+    skip_tunnel_without_keygen()
     configs()
-    procs = start_all()
-    pids = {name: (lambda p=procs[name]: tree(p.pid)) for name, _, _ in GATEWAYS}
+    if TUNNEL:
+        procs, home = start_tunnel()
+        for name, ip, port in GATEWAYS:
+            wait_serving(name, ip, port)
+        tunnel_checks()
+    else:
+        procs, home = {name: [p] for name, p in start_all().items()}, {}
+    pids = {name: (lambda ps=procs[name]: [q for p in ps for q in tree(p.pid)]) for name, _, _ in GATEWAYS}
+    home_pids = {name: (lambda ps=ps: [q for p in ps for q in tree(p.pid)]) for name, ps in home.items()}
     R = {name: {} for name, _, _ in TARGETS}
 
     def add(target, key, value):
         R[target].setdefault(key, []).append(value)
 
+    def cpu(name):
+        """CPU seconds so far of the target's gateway side and home side."""
+        return (cpu_seconds(pids[name]() if name in pids else []),
+                cpu_seconds(home_pids[name]() if name in home_pids else []))
+
     # Sanity: every target serves the small response and the big file, with no errors.
     for name, ip, port in TARGETS:
-        for pad in (0, PAD):
+        for pad in PADS:
             r = tlsload("rate", ip, port, SNI, 8, 0.5, 200, pad)
             if r["ok"] < 1:
                 sys.exit(f"bench: {name} served nothing (pad {pad}): {r}")
@@ -321,16 +551,16 @@ def main():
                 log(f"warning: {name} pad={pad}: {int(r['err'])} errors in the warm-up")
     # How many TCP segments a hello takes: client segments per connection, small vs padded hello.
     segs = {}
-    for pad in (0, PAD):
+    for pad in PADS:
         before = tcp_out_segs(NS_C)
         r = tlsload("rate", BE, 8443, SNI, 1, 10, 100, pad)
         segs[pad] = (tcp_out_segs(NS_C) - before) / r["ok"]
-    log(f"client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {segs[PAD]:.2f}")
+    log("client TCP segments per connection: " + ", ".join(f"hello +{pad} B {n:.2f}" for pad, n in segs.items()))
 
     # 1. New connections: TTFB (targets in turn, connection by connection), rate, gateway CPU per
     #    connection.
     for rep in range(REPS):
-        for pad in (0, PAD):
+        for pad in PADS:
             out = subprocess.run(in_ns(NS_C, 0, [f"{WORK}/tlsload", "ttfb", SNI, str(TTFB_ROUNDS), str(pad)]
                                        + [f"{ip}:{port}" for _, ip, port in TARGETS]),
                                  capture_output=True, text=True, timeout=180).stdout
@@ -342,46 +572,51 @@ def main():
                 add(name, f"p{pad}_ttfb_err", r["err"])
             log(f"ttfb rep {rep + 1}/{REPS} pad={pad}: " + ", ".join(
                 f"{n} {R[n][f'p{pad}_c1_ttfb50'][-1]:.0f}/{R[n][f'p{pad}_c1_ttfb99'][-1]:.0f}us" for n, _, _ in TARGETS))
-        for pad in (0, PAD):
+        for pad in PADS:
             for conc in (1, 64):
                 for name, ip, port in TARGETS:
-                    g = pids[name]() if name != "direct" else []
-                    c0 = cpu_seconds(g)
+                    c0 = cpu(name)
                     r = tlsload("rate", ip, port, SNI, conc, RATE_SECS, RATE_MAX, pad)
-                    c1 = cpu_seconds(g)
+                    c1 = cpu(name)
                     k = f"p{pad}_c{conc}"
                     add(name, f"{k}_rate", r["rate"])
                     add(name, f"{k}_err", r["err"])
                     add(name, f"{k}_load_ttfb50", r["ttfb_p50_us"])
                     add(name, f"{k}_load_ttfb99", r["ttfb_p99_us"])
-                    if g and r["ok"]:
-                        add(name, f"{k}_cpu_us", (c1 - c0) / r["ok"] * 1e6)
+                    if name in pids and r["ok"]:
+                        add(name, f"{k}_cpu_us", (c1[0] - c0[0]) / r["ok"] * 1e6)
+                    if name in home_pids and r["ok"]:
+                        add(name, f"{k}_home_cpu_us", (c1[1] - c0[1]) / r["ok"] * 1e6)
                     log(f"rate rep {rep + 1}/{REPS} pad={pad} c={conc} {name}: {r['rate']:.0f}/s "
                         f"err={r['err']:.0f} ttfb p50={r['ttfb_p50_us']:.0f}us p99={r['ttfb_p99_us']:.0f}us")
 
     # 2. Bulk throughput and gateway CPU per GB.
     for rep in range(REPS):
-        for n in (1, PARALLEL):
+        for n in BULK:
             for name, ip, port in TARGETS:
-                g = pids[name]() if name != "direct" else []
-                c0 = cpu_seconds(g)
+                c0 = cpu(name)
                 size, wall = download(ip, port, n)
-                c1 = cpu_seconds(g)
+                c1 = cpu(name)
                 add(name, f"bulk{n}_mbps", size / wall / 1e6)
-                if g:
-                    add(name, f"bulk{n}_cpu_gb", (c1 - c0) / (size / 1e9))
+                if name in pids:
+                    add(name, f"bulk{n}_cpu_gb", (c1[0] - c0[0]) / (size / 1e9))
+                if name in home_pids:
+                    add(name, f"bulk{n}_home_cpu_gb", (c1[1] - c0[1]) / (size / 1e9))
                 log(f"bulk rep {rep + 1}/{REPS} x{n} {name}: {size / wall / 1e6:.0f} MB/s")
 
-    # 3. Memory per idle connection (one gateway at a time).
+    # 3. Memory per idle connection (one gateway at a time; a tunnel's gateway and home sides).
     for name, ip, port in GATEWAYS:
-        g = pids[name]()
-        m0 = memory(g)
+        def both(name=name):
+            return pids[name]() + (home_pids[name]() if name in home_pids else [])
+        m0 = memory(both())
+        h0 = memory(home_pids[name]()) if name in home_pids else None
         argv = in_ns(NS_C, 0, [f"{WORK}/tlsload", "hold", ip, str(port), SNI, str(HOLD), "256", "90"])
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = p.stdout.readline()
         held = int(re.search(r"held (\d+)", line).group(1)) if "held" in line else 0
         time.sleep(1.0)
-        m1 = memory(pids[name]())
+        m1 = memory(both())
+        h1 = memory(home_pids[name]()) if name in home_pids else None
         est = established(NS_G, port)
         try:
             p.stdin.write("q\n")
@@ -395,6 +630,8 @@ def main():
         if held:
             add(name, "idle_rss", (m1[0] - m0[0]) / held)
             add(name, "idle_pss", (m1[1] - m0[1]) / held)
+            if h0:
+                add(name, "idle_home_rss", (h1[0] - h0[0]) / held)
         add(name, "idle_held", held)
         add(name, "idle_est", est)
         log(f"idle {name}: held {held} (gateway shows {est} established), RSS {m0[0] >> 10} -> {m1[0] >> 10} KiB, "
@@ -424,7 +661,7 @@ def profile_runs(procs):
         ip, port = next((i, p) for n, i, p in TARGETS if n == name)
         data = f"{WORK}/perf-{name}-{kind}.data"
         rec = subprocess.Popen(["taskset", "-c", "0", "perf", "record", "-q", "-e", "cpu-clock", "-F", "4000",
-                                "-p", str(procs[name].pid), "-o", data], stdout=subprocess.DEVNULL,
+                                "-p", str(procs[name][0].pid), "-o", data], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         time.sleep(0.3)
         if kind == "rate":
@@ -475,7 +712,7 @@ def syscall_counts(procs):
     """System calls per new connection and per MiB moved, for every gateway (perf trace -s)."""
     rows = []
     for name, ip, port in GATEWAYS:
-        pl = tree(procs[name].pid)
+        pl = tree(procs[name][0].pid)
         conns, n = traced(pl, lambda: tlsload("rate", ip, port, SNI, 8, RATE_SECS, 1000, 0)["ok"])
         bulk, size = traced(pl, lambda: download(ip, port, 1)[0] / (1 << 20))
         def top(c, per):
@@ -515,37 +752,53 @@ ROWS = [
     ("idle_rss", f"Memory per idle connection, bytes RSS ({HOLD:,} held)", "{:.0f}", "gw"),
     ("idle_pss", "Memory per idle connection, bytes PSS", "{:.0f}", "gw"),
 ]
+# The tunnel suite: "gw" rows compare to sni-edge's direct mode (×p), home rows are the tunnel's
+# far side (nothing for direct mode: the ingress is not counted anywhere).
+TUNNEL_ROWS = [
+    ("p0_c1_rate", "New TLS connections/s, 1 client", "{:.0f}", "abs"),
+    ("p0_c64_rate", "New TLS connections/s, 64 clients", "{:.0f}", "abs"),
+    ("p0_c1_ttfb50", "Added TTFB p50, µs (sequential)", "{:.0f}", "added"),
+    ("p0_c1_ttfb99", "Added TTFB p99, µs (sequential)", "{:.0f}", "added"),
+    ("p0_c64_cpu_us", "Gateway CPU per connection, µs", "{:.0f}", "gw"),
+    ("p0_c64_home_cpu_us", "Home-side CPU per connection, µs", "{:.0f}", "gw"),
+    ("bulk1_mbps", "Bulk, 1 download, MB/s", "{:.0f}", "abs"),
+    ("bulk1_cpu_gb", "Gateway CPU s per GB", "{:.2f}", "gw"),
+    ("bulk1_home_cpu_gb", "Home-side CPU s per GB", "{:.2f}", "gw"),
+    ("idle_rss", f"Memory per idle connection, bytes RSS, gateway + home ({HOLD:,} held)", "{:.0f}", "gw"),
+    ("idle_home_rss", "of which home side, bytes RSS", "{:.0f}", "gw"),
+]
+PEER_TAG = "p" if TUNNEL else "h"
 
 
 def table(R):
-    names = [t[0] for t in TARGETS]
+    names = COLUMNS
     head = "| Figure (median of %d) | %s |\n|---|%s\n" % (REPS, " | ".join(names), "---:|" * len(names))
     body = []
     values = {}
-    for key, label, fmt, kind in ROWS:
+    for key, label, fmt, kind in (TUNNEL_ROWS if TUNNEL else ROWS):
         key = key.replace("{PAD}", str(PAD))
         cells = []
         d = med(R, "direct", key)
         for name in names:
-            v = med(R, name, key)
+            v = med(R, name, key) if name in R else None
             if kind == "added":
                 v = None if v is None or d is None else v - d
             values[(key, name)] = v
-        h = values[(key, "haproxy")]
+        h = values[(key, PEER)]
         for name in names:
             v = values[(key, name)]
             if kind == "added" and name == "direct":
                 cells.append(f"(base {fmt.format(d)})" if d is not None else "–")
                 continue
             if v is None:
-                cells.append("–")
+                cells.append("skipped" if name in SKIPPED else "–")
                 continue
             s = fmt.format(v)
             ratios = []
             if kind == "abs" and name != "direct" and d:
                 ratios.append(f"{v / d:.2f}×d")
-            if name != "haproxy" and name != "direct" and h:
-                ratios.append(f"{v / h:.2f}×h")
+            if name != PEER and name != "direct" and h and h > 0 and v >= 0:  # noise can make "added" negative
+                ratios.append(f"{v / h:.2f}×{PEER_TAG}")
             cells.append(s + (f" ({', '.join(ratios)})" if ratios else ""))
         body.append(f"| {label} | " + " | ".join(cells) + " |")
     return head + "\n".join(body) + "\n", values
@@ -563,6 +816,38 @@ def verdicts(values, R):
         else:
             lines.append(f"- {'MET' if ok else 'MISSED'}: {text}")
 
+    if TUNNEL:
+        tunnel_verdicts(v, check)
+    else:
+        gateway_verdicts(v, check)
+    return lines, errors(R)
+
+
+def tunnel_verdicts(v, check):
+    """The issue's targets for tunnel mode, against direct mode and the two peers."""
+    t, s = "sni-edge-tunnel", "sni-edge"
+    if t in SKIPPED:
+        check(None, f"every tunnel-mode target: {SKIPPED[t]}")
+        return
+    a, b = v("p0_c1_ttfb50", t), v("p0_c1_ttfb50", s)
+    check(None if a is None or b is None else a - b <= 200,
+          f"added TTFB p50 within 200 µs of direct mode's: {a - b:+.0f} µs" if a is not None and b is not None
+          else "added TTFB p50")
+    a, b = v("bulk1_mbps", t), v("bulk1_mbps", s)
+    check(None if not (a and b) else a / b >= 0.8,
+          f"bulk ≥ 0.8 of direct mode's (1 download): {a / b:.2f}" if a and b else "bulk")
+    for k, what in (("p0_c64_cpu_us", "gateway CPU per connection"), ("p0_c64_home_cpu_us", "home-side CPU per connection"),
+                    ("bulk1_cpu_gb", "gateway CPU per GB"), ("bulk1_home_cpu_gb", "home-side CPU per GB")):
+        mine, peers = v(k, t), {n: v(k, n) for n in ("ssh", "rathole")}
+        if mine is None or any(p is None for p in peers.values()):
+            check(None, what)
+            continue
+        fmt = "{:.2f}" if "gb" in k else "{:.0f}"
+        check(all(mine < p for p in peers.values()), f"{what} below both peers': tunnel {fmt.format(mine)}; "
+              + ", ".join(f"{n} {fmt.format(p)}" for n, p in peers.items()))
+
+
+def gateway_verdicts(v, check):
     for k, what in (("bulk1_mbps", "1 download"), (f"bulk{PARALLEL}_mbps", f"{PARALLEL} downloads")):
         s, d = v(k, "sni-edge"), v(k, "direct")
         check(None if not (s and d) else s / d >= 0.9, f"bulk throughput ≥ 0.9 of direct ({what}): {s / d:.2f}"
@@ -582,7 +867,10 @@ def verdicts(values, R):
             continue
         check(all(s < p for p in peers.values()), f"added TTFB {what} below every peer's: sni-edge {s:.0f} µs; "
               + ", ".join(f"{n} {p:.0f}" for n, p in peers.items()))
-    errs = []
+
+
+def errors(R):
+    errs = [f"{name}: {why}" for name, why in SKIPPED.items()]
     for name in R:
         for k, vals in R[name].items():
             if k.endswith("_err") and sum(vals) > 0:
@@ -590,7 +878,13 @@ def verdicts(values, R):
         held = R[name].get("idle_held")
         if held and min(held) < HOLD:
             errs.append(f"{name}: held only {int(min(held))} of {HOLD} idle connections")
-    return lines, errs
+    return errs
+
+
+def rathole_version():
+    out = subprocess.run([RATHOLE, "--version"], capture_output=True, text=True).stdout
+    got = re.search(r"Build Version:\s*(\S+)", out)
+    return got.group(1) if got else "unknown"
 
 
 def versions():
@@ -605,11 +899,14 @@ def versions():
                            capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    peers = ([f"OpenSSH: {run(['ssh', '-V'])}; autossh: {run(['autossh', '-V'])}",
+              f"rathole: {rathole_version()} (Noise transport)"] if TUNNEL
+             else [f"sniproxy: {run(['sniproxy', '-V'])}"])
     return [
         f"sni-edge: git {rev}{' + uncommitted changes in src/' if dirty else ''} ({run([SNI_EDGE, '--version'])})",
         f"HAProxy: {run(['haproxy', '-v'])}",
         f"nginx: {run(['nginx', '-v'])}",
-        f"sniproxy: {run(['sniproxy', '-V'])}",
+        *peers,
         f"OpenSSL: {run(['openssl', 'version'])}; curl: {run(['curl', '--version'])}",
         f"kernel: {os.uname().release}",
         f"machine: {os.cpu_count()} × {cpu}, {mem / 1048576:.0f} GiB RAM",
@@ -621,21 +918,28 @@ def report(R, segs, started_at, finished_at, load_start, load_end, profile):
     ver, errs = verdicts(values, R)
     date = started_at.strftime("%Y-%m-%d")
     mins = (finished_at - started_at).total_seconds() / 60
-    text = f"""# sni-edge benchmark, {date}
+    if TUNNEL:
+        legend = ("`×d` = ratio to direct (no gateway), `×p` = ratio to sni-edge's direct mode in the same run.\n"
+                  "sni-edge = direct mode (the gateway connects to the backend); sni-edge-tunnel = the gateway plus\n"
+                  "`sni-edge agent` at home; ssh = HAProxy + sshd on the gateway, autossh/ssh -R at home; rathole =\n"
+                  "HAProxy + rathole server on the gateway, rathole client at home (Noise).")
+    else:
+        legend = (f"`×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run.\n"
+                  f"Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {segs[PAD]:.2f}\n"
+                  f"(the padded ClientHello is ~{PAD + 500} bytes and crosses a segment boundary).")
+    text = f"""# sni-edge {'tunnel ' if TUNNEL else ''}benchmark, {date}
 
 Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}.
-Produced by `sudo bench/run.sh`; method in bench/README.md.
+Produced by `sudo {'BENCH_SUITE=tunnel ' if TUNNEL else ''}bench/run.sh`; method in bench/README.md.
 
 {chr(10).join('- ' + v for v in versions())}
 - load average at start {' '.join(load_start)}, at end {' '.join(load_end)} (the machine may be shared)
 
-Cells: median of {REPS} runs; `×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run.
+Cells: median of {REPS} runs; {legend}
 Added TTFB = the target's TTFB minus the direct path's (base shown in the direct column).
-Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {segs[PAD]:.2f}
-(the padded ClientHello is ~{PAD + 500} bytes and crosses a segment boundary).
 
 {tab}
-## The lead's targets (sni-edge, same run)
+## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
 
 {chr(10).join(ver)}
 
@@ -654,7 +958,8 @@ Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {se
 ```
 """
     # A quick run is a smoke test: it must not replace the day's published results.
-    name = f"QUICK-{date}.md" if QUICK else f"RESULTS-{date}.md"
+    kind = "TUNNEL-" if TUNNEL else ""
+    name = f"QUICK-{kind}{date}.md" if QUICK else f"{kind or 'RESULTS-'}{date}.md"
     path = f"{BENCH_DIR}/results/{name}"
     write(path, text)
     print(tab)
@@ -666,8 +971,9 @@ Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {se
     readme = f"{BENCH_DIR}/README.md"
     if os.path.exists(readme) and not QUICK:
         old = open(readme).read()
-        new = re.sub(r"(<!-- results:begin -->\n).*?(<!-- results:end -->)",
-                     lambda m: m.group(1) + f"From bench/results/RESULTS-{date}.md ({', '.join(versions()[:1])}):\n\n"
+        mark = "tunnel-results" if TUNNEL else "results"
+        new = re.sub(rf"(<!-- {mark}:begin -->\n).*?(<!-- {mark}:end -->)",
+                     lambda m: m.group(1) + f"From bench/results/{name} ({', '.join(versions()[:1])}):\n\n"
                      + tab + "\n" + "\n".join(ver) + "\n" + m.group(2), old, flags=re.S)
         if new != old:
             write(readme, new)

@@ -5,16 +5,24 @@
 #   sudo bench/run.sh            full run (about 10 minutes), table on stdout and in
 #                                bench/results/RESULTS-<date>.md
 #   BENCH_QUICK=1 bench/run.sh   short smoke run (fewer, shorter rounds; not for publishing)
+#   BENCH_SUITE=tunnel bench/run.sh
+#                                tunnel mode beside sni-edge's direct mode, OpenSSH remote
+#                                forwards and rathole (bench/results/TUNNEL-<date>.md)
 #
 # Environment: SNI_EDGE (use this binary, skip the build), CARGO_TARGET_DIR (where to build;
 # default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
-# BENCH_KEEP=1 (keep the work directory with configs and logs).
+# BENCH_KEEP=1 (keep the work directory with configs and logs), BENCH_SUITE (gateways, the
+# default, or tunnel), RATHOLE (tunnel suite: use this rathole binary; by default rathole 0.5.0
+# is installed with cargo into BENCH_CACHE, default /var/cache/sni-edge-bench, when missing).
 #
 # Topology (network namespaces, veth, RFC 5737 addresses):
 #   client 198.51.100.10 --- 198.51.100.1 gateway 192.0.2.1 --- 192.0.2.20 backend
 # The gateway namespace runs all four gateways (on ports 443..446; only the one being measured
 # is busy) and routes in the kernel for the direct path (client -> backend:8443, no gateway
 # process). Load generator on CPU 0; gateways and backend on CPU 1 (taskset).
+# The tunnel suite adds a home namespace (203.0.113.20, linked to the gateway's 203.0.113.1)
+# whose firewall drops every inbound connection: its own nginx is reached only through tunnels
+# that the home side dials out (sni-edge agent, ssh -R, rathole client), also on CPU 1.
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +33,8 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces need it): sudo bench/run.sh"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (load generator on CPU 0, gateway and backend on CPU 1)"
+SUITE=${BENCH_SUITE:-gateways}
+case $SUITE in gateways|tunnel) ;; *) die "BENCH_SUITE=$SUITE: expected gateways or tunnel" ;; esac
 
 # --- packages ---------------------------------------------------------------------------------
 ensure_packages() {
@@ -38,6 +48,12 @@ ensure_packages() {
   [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
   [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
   if [ "${BENCH_NO_PROFILE:-0}" != 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+  if [ "$SUITE" = tunnel ]; then
+    for pair in sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client autossh:autossh nft:nftables; do
+      cmd=${pair%%:*} pkg=${pair#*:}
+      command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+    done
+  fi
   [ ${#missing[@]} = 0 ] && return 0
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   log "installing missing packages: ${missing[*]}"
@@ -47,10 +63,33 @@ ensure_packages() {
 }
 ensure_packages
 
+# rathole 0.5.0 for the tunnel suite, built once into a cache outside the repository. Not
+# --locked: its lock file pins time 0.3.29, which no longer compiles with Rust >= 1.80 (E0282).
+ensure_rathole() {
+  if [ -n "${RATHOLE:-}" ]; then
+    [ -x "$RATHOLE" ] || die "RATHOLE=$RATHOLE is not an executable"
+    return 0
+  fi
+  local root=${BENCH_CACHE:-/var/cache/sni-edge-bench}/rathole-0.5.0
+  RATHOLE=$root/bin/rathole
+  [ -x "$RATHOLE" ] && return 0
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: needed to install rathole (or set RATHOLE)"
+  log "installing rathole 0.5.0 into $root (cargo install; a few minutes, once)"
+  mkdir -p "$root" || die "mkdir $root"
+  env -u CARGO_TARGET_DIR cargo install -q rathole --version 0.5.0 --root "$root" \
+    || die "cargo install rathole failed"
+  [ -x "$RATHOLE" ] || die "no rathole at $RATHOLE after cargo install"
+}
+RATHOLE=${RATHOLE:-}
+if [ "$SUITE" = tunnel ]; then
+  ensure_rathole
+  mkdir -p /run/sshd      # sshd's privilege separation directory (Debian's unit makes it at boot)
+fi
+
 # --- state and cleanup ------------------------------------------------------------------------
 ID=$$
 P=seb-$ID
-NS_C=$P-c NS_G=$P-g NS_B=$P-b
+NS_C=$P-c NS_G=$P-g NS_B=$P-b NS_H=$P-h
 WORK=$(mktemp -d /tmp/sni-edge-bench.XXXXXX) || die "mktemp"
 chmod 755 "$WORK"          # nginx workers run as nobody and read the backend's files here
 : > "$WORK/pids"
@@ -96,7 +135,7 @@ add_ns() {
   in_ns "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 \
     net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 >/dev/null
 }
-log "topology: namespaces $NS_C $NS_G $NS_B"
+log "topology: namespaces $NS_C $NS_G $NS_B$([ "$SUITE" = tunnel ] && echo " $NS_H")"
 add_ns "$NS_C"; add_ns "$NS_G"; add_ns "$NS_B"
 ip link add eth0 netns "$NS_C" type veth peer name c0 netns "$NS_G" || die "veth client"
 ip link add b0 netns "$NS_G" type veth peer name eth0 netns "$NS_B" || die "veth backend"
@@ -111,6 +150,24 @@ in_ns "$NS_G" sysctl -qw net.ipv4.ip_forward=1      # the direct path only
 # The client sends real segments (no GSO/TSO): a 1.9 KB ClientHello arrives as two TCP segments,
 # as from a real NIC. Bulk data flows the other way and keeps the veth's offloads.
 in_ns "$NS_C" ethtool -K eth0 tso off gso off >/dev/null 2>&1 || true
+if [ "$SUITE" = tunnel ]; then
+  # Home: the gateway has a route to it, but its firewall drops every inbound connection; it
+  # dials out. The backend gets the same kind of firewall (new connections to its ingress ports
+  # only), so both sides pay for connection tracking alike.
+  add_ns "$NS_H"
+  ip link add h0 netns "$NS_G" type veth peer name eth0 netns "$NS_H" || die "veth home"
+  in_ns "$NS_G" ip addr add 203.0.113.1/24 dev h0
+  in_ns "$NS_H" ip addr add 203.0.113.20/24 dev eth0
+  in_ns "$NS_G" ip link set h0 up
+  in_ns "$NS_H" ip link set eth0 up
+  firewall() {  # namespace, extra accept rule
+    printf 'table inet bench {\n  chain input {\n    type filter hook input priority 0; policy drop;\n%s\n  }\n}\n' \
+      "    ct state established,related accept; iifname \"lo\" accept; $2" | in_ns "$1" nft -f - \
+      || die "nft firewall in $1"
+  }
+  firewall "$NS_H" ""
+  firewall "$NS_B" "tcp dport { 443, 8443 } ct state new accept"
+fi
 sleep 0.3
 
 # --- certificates -----------------------------------------------------------------------------
@@ -127,5 +184,5 @@ chmod 755 "$WORK/tls"; chmod 644 "$WORK/tls/"*
 
 # --- measure ----------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-export WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR
+export WORK NS_C NS_G NS_B NS_H SNI_EDGE REPO BENCH_DIR RATHOLE BENCH_SUITE=$SUITE
 python3 "$BENCH_DIR/bench.py"
