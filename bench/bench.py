@@ -361,25 +361,18 @@ ClientAliveCountMax 3
     keys = run_ok([RATHOLE, "--genkey"], "rathole --genkey")
     priv, pub = re.findall(r"^([A-Za-z0-9+/]{43}=)$", keys, re.M)[:2]
     token = os.urandom(16).hex()
-    write(f"{d}/rathole-server.toml", f"""[server]
-bind_addr = "{GW_HOME}:{RATHOLE_CTL}"
-[server.transport]
+    for role, control, key, service in (
+            ("server", "bind_addr", f'local_private_key = "{priv}"', f'bind_addr = "127.0.0.1:{RATHOLE_FWD}"'),
+            ("client", "remote_addr", f'remote_public_key = "{pub}"', 'local_addr = "127.0.0.1:443"')):
+        write(f"{d}/rathole-{role}.toml", f"""[{role}]
+{control} = "{GW_HOME}:{RATHOLE_CTL}"
+[{role}.transport]
 type = "noise"
-[server.transport.noise]
-local_private_key = "{priv}"
-[server.services.bench]
+[{role}.transport.noise]
+{key}
+[{role}.services.bench]
 token = "{token}"
-bind_addr = "127.0.0.1:{RATHOLE_FWD}"
-""")
-    write(f"{d}/rathole-client.toml", f"""[client]
-remote_addr = "{GW_HOME}:{RATHOLE_CTL}"
-[client.transport]
-type = "noise"
-[client.transport.noise]
-remote_public_key = "{pub}"
-[client.services.bench]
-token = "{token}"
-local_addr = "127.0.0.1:443"
+{service}
 """)
     haproxy_cfg(f"{d}/haproxy-rathole.cfg", 446, f"127.0.0.1:{RATHOLE_FWD}")
 
