@@ -35,13 +35,13 @@ ensure_packages() {
   local missing=() pair cmd pkg
   for pair in nginx:nginx haproxy:haproxy sniproxy:sniproxy curl:curl openssl:openssl \
               ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3 taskset:util-linux \
-              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git strace:strace; do
+              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
   [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
-  if [ "${BENCH_NO_PROFILE:-0}" != 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+  command -v perf >/dev/null 2>&1 || missing+=(linux-perf)   # profile and system-call counts
   if [ "${BENCH_CALLGRIND:-0}" = 1 ] && ! command -v callgrind_control >/dev/null 2>&1; then missing+=(valgrind); fi
   [ ${#missing[@]} = 0 ] && return 0
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
