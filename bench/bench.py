@@ -591,7 +591,7 @@ def connection_counts(procs):
         for conc in (1, 64):
             c, n = syscall_tally(pl, lambda: tlsload("rate", ip, port, SNI, conc, 60, COUNT_CONNS, 0)["ok"])
             total = sum(c.values()) / n if n else 0
-            most = sorted(c.items(), key=lambda kv: -kv[1])[:7]
+            most = [kv for kv in sorted(c.items(), key=lambda kv: -kv[1]) if kv[1] / n >= 0.05]
             cells.append(f"**{total:.1f}** (" + ", ".join(f"{k} {v / n:.2f}" for k, v in most) + ")" if n else "–")
         ir = ""
         if CALLGRIND and name in BINARY:
