@@ -408,7 +408,8 @@ fn connection(
         let up = counters.up.load(Ordering::Relaxed);
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
-        let route = cx.route.get().copied().unwrap_or_default().to_owned();
+        // One owned copy of the route's name serves every label set below.
+        let mut bytes = BytesLabels { route: cx.route.get().copied().unwrap_or_default().to_owned(), direction: "up" };
         let outcome = match &result {
             Ok(Ended::Relayed(_)) => "relayed",
             Ok(Ended::Answered(_)) => "answered",
@@ -418,11 +419,12 @@ fn connection(
             Protocol::Tls => "tls",
             Protocol::Http => "http",
         };
-        metrics.connections.get_or_create(&ConnectionLabels { protocol, route: route.clone(), outcome }).inc();
         if up + down > 0 {
-            metrics.bytes.get_or_create(&BytesLabels { route: route.clone(), direction: "up" }).inc_by(up);
-            metrics.bytes.get_or_create(&BytesLabels { route, direction: "down" }).inc_by(down);
+            metrics.bytes.get_or_create(&bytes).inc_by(up);
+            bytes.direction = "down";
+            metrics.bytes.get_or_create(&bytes).inc_by(down);
         }
+        metrics.connections.get_or_create(&ConnectionLabels { protocol, route: bytes.route, outcome }).inc();
         match result {
             Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
             Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
