@@ -504,15 +504,9 @@ SYSCALLS = ["accept4", "epoll_wait", "epoll_ctl", "recvfrom", "recvmsg", "read",
             "close", "clock_gettime", "splice", "futex"]
 
 
-def syscall_tally(pids, load):
-    """Runs load() while `perf stat` counts, in the kernel, the system calls the processes (every
-    thread) enter; returns ({syscall: calls}, load's result). Counts, unlike times, do not depend
-    on machine noise, and counting does not slow the process down as strace would (under strace a
-    gateway is so slow that every ClientHello has long arrived when it accepts)."""
-    path = f"{WORK}/syscalls-{pids[0]}.csv"
-    events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
-    argv = ["taskset", "-c", "0", "perf", "stat", "-x,", "-o", path, "-e", ",".join(events),
-            "-p", ",".join(map(str, pids))]
+def while_recording(argv, load):
+    """Runs load() while the recorder `argv` (perf on CPU 0) runs, then stops the recorder with
+    SIGINT. Returns load's result and whether the recorder finished (and wrote its output)."""
     rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     units = load()
@@ -520,8 +514,22 @@ def syscall_tally(pids, load):
     rec.send_signal(2)
     try:
         rec.wait(timeout=30)
+        return units, True
     except subprocess.TimeoutExpired:
         rec.kill()
+        return units, False
+
+
+def syscall_tally(pids, load):
+    """Runs load() while `perf stat` counts, in the kernel, the system calls the processes (every
+    thread) enter; returns ({syscall: calls}, load's result). Counts, unlike times, do not depend
+    on machine noise, and counting does not slow the process down as strace would (under strace a
+    gateway is so slow that every ClientHello has long arrived when it accepts)."""
+    path = f"{WORK}/syscalls-{pids[0]}.csv"
+    events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
+    units, done = while_recording(["taskset", "-c", "0", "perf", "stat", "-x,", "-o", path, "-e", ",".join(events),
+                                   "-p", ",".join(map(str, pids))], load)
+    if not done:
         return {}, units
     counts = {}
     for line in open(path).read().splitlines():
@@ -621,16 +629,9 @@ def connection_counts(procs, R):
 def traced(pids, load):
     """Runs load() under `perf trace -s` on the given processes; returns {syscall: calls}."""
     path = f"{WORK}/trace-{pids[0]}.txt"
-    rec = subprocess.Popen(["taskset", "-c", "0", "perf", "trace", "-s", "-p", ",".join(map(str, pids)),
-                            "-o", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    units = load()
-    time.sleep(0.2)
-    rec.send_signal(2)
-    try:
-        rec.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        rec.kill()
+    units, done = while_recording(["taskset", "-c", "0", "perf", "trace", "-s", "-p", ",".join(map(str, pids)),
+                                   "-o", path], load)
+    if not done:
         return {}, units
     counts = {}
     for m in re.finditer(r"^\s+(\w+)\s+(\d+)\s+\d+\s+[\d.]+", open(path).read(), re.M):
