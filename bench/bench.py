@@ -5,7 +5,7 @@ Starts the backend and the four gateways, runs every load against every target i
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR,
-and BENCH_SUITE. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
+SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
 mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
 tunnel behind a home firewall that drops every inbound connection; the loads are the same.
 """
@@ -25,7 +25,17 @@ SNI_EDGE, REPO, BENCH_DIR = E["SNI_EDGE"], E["REPO"], E["BENCH_DIR"]
 TUNNEL = E.get("BENCH_SUITE", "gateways") == "tunnel"
 NS_H, RATHOLE = E.get("NS_H", ""), E.get("RATHOLE", "")
 QUICK = E.get("BENCH_QUICK") == "1"
+# No perf profile in the tunnel suite (its system calls per connection are counted, as here).
 PROFILE = E.get("BENCH_NO_PROFILE") != "1" and not TUNNEL
+# Another sni-edge binary measured in the same run, as its own column ("before" of a change);
+# gateways suite only (run.sh refuses it with BENCH_SUITE=tunnel).
+BASELINE = (E.get("SNI_EDGE_BASELINE") or None) if not TUNNEL else None
+# "conn": the new-connection figures only (TTFB, rates, CPU and context switches per connection,
+# system calls per connection); no bulk, no memory, profile of sni-edge's handshakes only.
+ONLY = E.get("BENCH_ONLY", "")
+# Instructions per connection of each sni-edge binary under valgrind's callgrind (slow; opt-in).
+CALLGRIND = E.get("BENCH_CALLGRIND") == "1"
+COUNT_CONNS = 300 if QUICK else 1000   # connections per system-call / instruction count
 
 REPS = 1 if QUICK else 3           # runs per figure; the table shows the median
 RATE_SECS = 1.5 if QUICK else 3.0  # one connection-rate run
@@ -58,8 +68,13 @@ if TUNNEL:
 else:
     TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
                ("sniproxy", GW, 446)]
+    if BASELINE:
+        TARGETS.insert(2, ("sni-edge-before", GW, 447))
     PEER = "haproxy"
     PADS, BULK = (0, PAD), (1, PARALLEL)
+# The sni-edge binaries in direct mode (one config each, from sni_edge_conf; callgrind measures these).
+BINARY = {"sni-edge": SNI_EDGE, **({"sni-edge-before": BASELINE} if BASELINE else {})}
+SNI_EDGES = [t for t in TARGETS if t[0] in BINARY]
 COLUMNS = [t[0] for t in TARGETS]  # the table's columns, including a target skipped at run time
 SKIPPED = {}                       # target -> why it was not measured
 GATEWAYS = [t for t in TARGETS if t[0] != "direct"]
@@ -155,6 +170,23 @@ def memory(pids):
     return rss, pss
 
 
+def context_switches(pids):
+    """Voluntary and involuntary context switches, summed over every thread of the processes."""
+    total = 0
+    for p in pids:
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    total += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+            except OSError:
+                pass
+    return total
+
+
 def established(ns, port):
     out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htn", "state", "established",
                           f"( sport = :{port} )"], capture_output=True, text=True).stdout
@@ -236,6 +268,12 @@ def sni_edge_conf(**parts):
     }, indent=2)
 
 
+def sni_edge_direct_conf(path, port):
+    """sni-edge in direct mode on GW:port: the gateway connects to the backend, PROXY v2."""
+    write(path, sni_edge_conf(listeners=[{"address": f"{GW}:{port}", "protocol": "tls"}],
+                              backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
+
+
 def configs():
     os.makedirs(f"{WORK}/www", exist_ok=True)
     os.chmod(f"{WORK}/www", 0o777)
@@ -246,9 +284,8 @@ def configs():
     os.chmod(f"{WORK}/www/big.bin", 0o644)
     ingress_conf("backend", f"    listen {BE}:443 ssl proxy_protocol backlog=65535;   # behind a gateway: PROXY v1 or v2\n"
                             f"    listen {BE}:8443 ssl backlog=65535;                 # the direct path")
-    write(f"{WORK}/sni-edge.json", sni_edge_conf(
-        listeners=[{"address": f"{GW}:443", "protocol": "tls"}],
-        backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
+    for name, _, port in SNI_EDGES:
+        sni_edge_direct_conf(f"{WORK}/{name}.json", port)
     if TUNNEL:
         return tunnel_configs()
     for d in ("nginx-gw", "sniproxy"):
@@ -387,10 +424,7 @@ def start_tunnel():
     wait_listen("backend", NS_B, BE, 8443, p)
     p = start("home-nginx", NS_H, 1, ["nginx", "-c", f"{WORK}/home/nginx.conf"])
     wait_listen("home-nginx", NS_H, "0.0.0.0", 443, p)
-    run_ok([SNI_EDGE, "check", "--config", f"{WORK}/sni-edge.json"], "sni-edge check")
-    p = start("sni-edge", NS_G, 1, [SNI_EDGE, "run", "--config", f"{WORK}/sni-edge.json"])
-    wait_listen("sni-edge", NS_G, GW, 443, p)
-    gw["sni-edge"] = [p]
+    gw.update({name: [p] for name, p in start_sni_edges().items()})
     if "sni-edge-tunnel" not in SKIPPED:
         run_ok([SNI_EDGE, "check", "--config", f"{d}/gateway.json"], "sni-edge check (tunnel gateway)")
         run_ok([SNI_EDGE, "check", "--config", f"{d}/agent.json"], "sni-edge check (agent)")
@@ -440,21 +474,30 @@ def tunnel_checks():
     log(f"every target passes the client's address ({CLIENT}) to the ingress")
 
 
+def start_sni_edges():
+    """Every direct-mode sni-edge binary (SNI_EDGES), each config checked by its own binary first."""
+    procs = {}
+    for name, ip, port in SNI_EDGES:
+        run_ok([BINARY[name], "check", "--config", f"{WORK}/{name}.json"], f"{name} check")
+        procs[name] = start(name, NS_G, 1, [BINARY[name], "run", "--config", f"{WORK}/{name}.json"])
+        wait_listen(name, NS_G, ip, port, procs[name])
+    return procs
+
+
 def start_all():
     procs = {}
     p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/sni-edge.json"], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"bench: sni-edge check failed: {r.stderr}")
+    procs.update(start_sni_edges())
     cmds = {
-        "sni-edge": [SNI_EDGE, "run", "--config", f"{WORK}/sni-edge.json"],
         "haproxy": ["haproxy", "-db", "-f", f"{WORK}/haproxy.cfg"],
         "nginx": ["nginx", "-c", f"{WORK}/nginx-gw/nginx.conf"],
         "sniproxy": ["sniproxy", "-f", "-c", f"{WORK}/sniproxy/sniproxy.conf"],
     }
     for name, ip, port in GATEWAYS:
+        if name in procs:
+            continue
         procs[name] = start(name, NS_G, 1, cmds[name])
         wait_listen(name, NS_G, ip, port, procs[name])
     time.sleep(0.5)
@@ -529,10 +572,11 @@ def main():
     def add(target, key, value):
         R[target].setdefault(key, []).append(value)
 
-    def cpu(name):
-        """CPU seconds so far of the target's gateway side and home side."""
-        return (cpu_seconds(pids[name]() if name in pids else []),
-                cpu_seconds(home_pids[name]() if name in home_pids else []))
+    def usage(name):
+        """CPU seconds and context switches so far of the target's gateway side and home side."""
+        g = pids[name]() if name in pids else []
+        h = home_pids[name]() if name in home_pids else []
+        return cpu_seconds(g), cpu_seconds(h), context_switches(g), context_switches(h)
 
     # Sanity: every target serves the small response and the big file, with no errors.
     for name, ip, port in TARGETS:
@@ -568,9 +612,9 @@ def main():
         for pad in PADS:
             for conc in (1, 64):
                 for name, ip, port in TARGETS:
-                    c0 = cpu(name)
+                    c0 = usage(name)
                     r = tlsload("rate", ip, port, SNI, conc, RATE_SECS, RATE_MAX, pad)
-                    c1 = cpu(name)
+                    c1 = usage(name)
                     k = f"p{pad}_c{conc}"
                     add(name, f"{k}_rate", r["rate"])
                     add(name, f"{k}_err", r["err"])
@@ -578,18 +622,27 @@ def main():
                     add(name, f"{k}_load_ttfb99", r["ttfb_p99_us"])
                     if name in pids and r["ok"]:
                         add(name, f"{k}_cpu_us", (c1[0] - c0[0]) / r["ok"] * 1e6)
+                        add(name, f"{k}_csw", (c1[2] - c0[2]) / r["ok"])
                     if name in home_pids and r["ok"]:
                         add(name, f"{k}_home_cpu_us", (c1[1] - c0[1]) / r["ok"] * 1e6)
+                        add(name, f"{k}_home_csw", (c1[3] - c0[3]) / r["ok"])
                     log(f"rate rep {rep + 1}/{REPS} pad={pad} c={conc} {name}: {r['rate']:.0f}/s "
                         f"err={r['err']:.0f} ttfb p50={r['ttfb_p50_us']:.0f}us p99={r['ttfb_p99_us']:.0f}us")
+
+    if ONLY == "conn":
+        profile = (profile_runs(procs) if PROFILE else "") + connection_counts(pids, R)
+        finished_at = datetime.datetime.now(datetime.timezone.utc)
+        load_end = open("/proc/loadavg").read().split()[:3]
+        report(R, segs, started_at, finished_at, load_start, load_end, profile)
+        return
 
     # 2. Bulk throughput and gateway CPU per GB.
     for rep in range(REPS):
         for n in BULK:
             for name, ip, port in TARGETS:
-                c0 = cpu(name)
+                c0 = usage(name)
                 size, wall = download(ip, port, n)
-                c1 = cpu(name)
+                c1 = usage(name)
                 add(name, f"bulk{n}_mbps", size / wall / 1e6)
                 if name in pids:
                     add(name, f"bulk{n}_cpu_gb", (c1[0] - c0[0]) / (size / 1e9))
@@ -635,7 +688,7 @@ def main():
             time.sleep(0.1)
 
     # 4. Profile sni-edge (and HAProxy for bulk) with perf, outside the figures.
-    profile = profile_runs(procs) if PROFILE else ""
+    profile = (profile_runs(procs) if PROFILE else "") + connection_counts(pids, R)
 
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     load_end = open("/proc/loadavg").read().split()[:3]
@@ -647,9 +700,10 @@ def profile_runs(procs):
     if not shutil.which("perf"):
         return "perf not installed.\n"
     out = []
-    jobs = [("sni-edge", "handshakes (64 clients, new connection each)", "rate"),
-            ("sni-edge", f"bulk (one {BIG_MIB} MiB download)", "bulk"),
-            ("haproxy", f"bulk (one {BIG_MIB} MiB download)", "bulk")]
+    jobs = [(name, "handshakes (64 clients, new connection each)", "rate") for name, _, _ in SNI_EDGES]
+    if ONLY != "conn":
+        jobs += [("sni-edge", f"bulk (one {BIG_MIB} MiB download)", "bulk"),
+                 ("haproxy", f"bulk (one {BIG_MIB} MiB download)", "bulk")]
     for name, what, kind in jobs:
         ip, port = next((i, p) for n, i, p in TARGETS if n == name)
         data = f"{WORK}/perf-{name}-{kind}.data"
@@ -677,23 +731,146 @@ def profile_runs(procs):
         out.append(f"**{name}, {what}** (perf record -e cpu-clock -F 4000; share of the gateway's CPU samples; "
                    "by binary, then by symbol)\n\n```\n" + "\n".join(lines).rstrip() + "\n```\n")
         log(f"profiled {name} {kind}")
-    out.append(syscall_counts(procs))
+    if ONLY != "conn":
+        out.append(syscall_counts(procs))
     return "\n".join(out)
 
 
-def traced(pids, load):
-    """Runs load() under `perf trace -s` on the given processes; returns {syscall: calls}."""
-    path = f"{WORK}/trace-{pids[0]}.txt"
-    rec = subprocess.Popen(["taskset", "-c", "0", "perf", "trace", "-s", "-p", ",".join(map(str, pids)),
-                            "-o", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# The system calls counted one by one (all of them in the total): the per-connection path of the
+# gateways (a tracepoint each; counting all ~360 at once slows a gateway down several times).
+SYSCALLS = ["accept4", "epoll_wait", "epoll_ctl", "recvfrom", "recvmsg", "read", "sendto", "sendmsg",
+            "writev", "write", "connect", "socket", "getsockname", "getsockopt", "setsockopt", "shutdown",
+            "close", "clock_gettime", "splice", "futex"]
+
+
+def while_recording(argv, load):
+    """Runs load() while the recorder `argv` (perf on CPU 0) runs, then stops the recorder with
+    SIGINT. Returns load's result and whether the recorder finished (and wrote its output)."""
+    rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     units = load()
     time.sleep(0.2)
     rec.send_signal(2)
     try:
         rec.wait(timeout=30)
+        return units, True
     except subprocess.TimeoutExpired:
         rec.kill()
+        return units, False
+
+
+def syscall_tally(pids, load):
+    """Runs load() while `perf stat` counts, in the kernel, the system calls the processes (every
+    thread) enter; returns ({syscall: calls}, load's result). Counts, unlike times, do not depend
+    on machine noise, and counting does not slow the process down as strace would (under strace a
+    gateway is so slow that every ClientHello has long arrived when it accepts)."""
+    path = f"{WORK}/syscalls-{pids[0]}.csv"
+    events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
+    units, done = while_recording(["taskset", "-c", "0", "perf", "stat", "-x,", "-o", path, "-e", ",".join(events),
+                                   "-p", ",".join(map(str, pids))], load)
+    if not done:
+        return {}, units
+    counts = {}
+    for line in open(path).read().splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit() and int(f[0]) > 0:
+            counts[f[2].split(":")[1].removeprefix("sys_enter_")] = int(f[0])
+    # raw_syscalls:sys_enter is every system call: what the named ones leave is "other".
+    total = counts.pop("sys_enter", 0)
+    counts["other"] = max(0, total - sum(counts.values()))
+    return counts, units
+
+
+def callgrind_instructions(name):
+    """User-space instructions per connection of one sni-edge binary under callgrind: a copy on
+    its own port, warmed up, counters zeroed, COUNT_CONNS connections, counters dumped."""
+    port = 448 + [n for n, _, _ in SNI_EDGES].index(name)
+    sni_edge_direct_conf(f"{WORK}/{name}-callgrind.json", port)
+    out = f"{WORK}/callgrind-{name}.out"
+    p = start(f"{name}-callgrind", NS_G, 1, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                             BINARY[name], "run", "--config", f"{WORK}/{name}-callgrind.json"])
+    wait_listen(f"{name}-callgrind", NS_G, GW, port, p)
+    tlsload("rate", GW, port, SNI, 1, 20, 50, 0)
+    subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, timeout=60)
+    n = tlsload("rate", GW, port, SNI, 1, 120, COUNT_CONNS, 0)["ok"]
+    subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, timeout=60)
+    p.terminate()
+    p.wait(timeout=60)
+    dumps = sorted((f for f in os.listdir(WORK) if f.startswith(f"callgrind-{name}.out.")),
+                   key=lambda f: os.path.getmtime(f"{WORK}/{f}"))
+    if not dumps or not n:
+        return None, ""
+    cost = self_instructions(f"{WORK}/{dumps[0]}")
+    total = sum(cost.values())
+    rows = [f"{v / n:>9,.0f} {100 * v / total:5.1f}%  {f[:100]}" for f, v in cost.most_common(20)]
+    return (total / n if total else None), "\n".join(rows)
+
+
+def self_instructions(path):
+    """{function: instructions spent in its own code} from a callgrind dump (callgrind_annotate of
+    Debian 12 attributes a zeroed-then-dumped profile to `clone`; the file itself is right)."""
+    import collections
+    names, cost, fn, inclusive_next = {}, collections.Counter(), None, False
+    for line in open(path, errors="replace"):
+        m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if m:
+            if m.group(3):
+                names[m.group(2)] = m.group(3)
+            if m.group(1) == "fn":
+                fn = names.get(m.group(2), m.group(2))
+        elif line.startswith("calls="):
+            inclusive_next = True  # the next cost line is the callee's, not this function's
+        elif line[:1] in "+-*0123456789" and fn and len(line.split()) >= 2:
+            if inclusive_next:
+                inclusive_next = False
+            else:
+                cost[fn] += int(line.split()[1])
+    return cost
+
+
+# The system calls of a connection's set-up and tear-down (not of moving its bytes), which the
+# bench holds sni-edge to: with one client, one accept and one EAGAIN accept, the two sockets'
+# registration and deregistration, socket, connect, SO_ERROR, TCP_NODELAY, one shutdown for the
+# half-close, two closes. Measured: 15 before issue 12's changes, 13 after.
+SETUP_SYSCALLS = ("accept4", "epoll_ctl", "socket", "connect", "getsockopt", "setsockopt", "getsockname",
+                  "shutdown", "close")
+SETUP_BOUND = 13.05
+
+
+def connection_counts(pids, R):
+    """Per new connection, for every gateway: system calls (perf stat, one client and 64 clients)
+    and, with BENCH_CALLGRIND=1, sni-edge's user-space instructions. Outside the figures."""
+    rows, notes = [], []
+    for name, ip, port in GATEWAYS:
+        pl = pids[name]()  # a tunnel's gateway side
+        cells = []
+        for conc in (1, 64):
+            c, n = syscall_tally(pl, lambda: tlsload("rate", ip, port, SNI, conc, 60, COUNT_CONNS, 0)["ok"])
+            if n:
+                R[name].setdefault(f"sys_c{conc}", []).append({k: v / n for k, v in c.items()})
+            total = sum(c.values()) / n if n else 0
+            most = [kv for kv in sorted(c.items(), key=lambda kv: -kv[1]) if n and kv[1] / n >= 0.05]
+            cells.append(f"**{total:.1f}** (" + ", ".join(f"{k} {v / n:.2f}" for k, v in most) + ")" if n else "–")
+        ir = ""
+        if CALLGRIND and name in BINARY:
+            per, top = callgrind_instructions(name)
+            ir = f"{per:,.0f}" if per else "–"
+            notes.append(f"**{name}**, callgrind: instructions per connection in each function's own code:"
+                         f"\n\n```\n{top}\n```\n")
+        rows.append(f"| {name} | {cells[0]} | {cells[1]} | {ir} |")
+        log(f"counted {name}")
+    return ("\n**Per new connection** (system calls counted by perf stat over %d connections, every thread; user-space instructions "
+            "from callgrind with BENCH_CALLGRIND=1; outside the figures)\n\n"
+            "| Gateway | system calls, 1 client | system calls, 64 clients | instructions (user space) |\n"
+            "|---|---|---|---:|\n" % COUNT_CONNS + "\n".join(rows) + "\n\n" + "\n".join(notes))
+
+
+def traced(pids, load):
+    """Runs load() under `perf trace -s` on the given processes; returns {syscall: calls}."""
+    path = f"{WORK}/trace-{pids[0]}.txt"
+    units, done = while_recording(["taskset", "-c", "0", "perf", "trace", "-s", "-p", ",".join(map(str, pids)),
+                                   "-o", path], load)
+    if not done:
         return {}, units
     counts = {}
     for m in re.finditer(r"^\s+(\w+)\s+(\d+)\s+\d+\s+[\d.]+", open(path).read(), re.M):
@@ -733,11 +910,13 @@ ROWS = [
     ("p0_c1_ttfb50", "Added TTFB p50, µs (sequential)", "{:.0f}", "added"),
     ("p0_c1_ttfb99", "Added TTFB p99, µs (sequential)", "{:.0f}", "added"),
     ("p0_c64_cpu_us", "Gateway CPU per connection, µs", "{:.0f}", "gw"),
+    ("p0_c64_csw", "Gateway context switches per connection", "{:.2f}", "gw"),
     ("p{PAD}_c1_rate", "2-segment hello: connections/s, 1 client", "{:.0f}", "abs"),
     ("p{PAD}_c64_rate", "2-segment hello: connections/s, 64 clients", "{:.0f}", "abs"),
     ("p{PAD}_c1_ttfb50", "2-segment hello: added TTFB p50, µs", "{:.0f}", "added"),
     ("p{PAD}_c1_ttfb99", "2-segment hello: added TTFB p99, µs", "{:.0f}", "added"),
     ("p{PAD}_c64_cpu_us", "2-segment hello: gateway CPU per connection, µs", "{:.0f}", "gw"),
+    ("p{PAD}_c64_csw", "2-segment hello: gateway context switches per connection", "{:.2f}", "gw"),
     ("bulk1_mbps", "Bulk, 1 download, MB/s", "{:.0f}", "abs"),
     (f"bulk{PARALLEL}_mbps", f"Bulk, {PARALLEL} parallel downloads, MB/s", "{:.0f}", "abs"),
     ("bulk1_cpu_gb", "Gateway CPU s per GB, 1 download", "{:.2f}", "gw"),
@@ -754,6 +933,8 @@ TUNNEL_ROWS = [
     ("p0_c1_ttfb99", "Added TTFB p99, µs (sequential)", "{:.0f}", "added"),
     ("p0_c64_cpu_us", "Gateway CPU per connection, µs", "{:.0f}", "gw"),
     ("p0_c64_home_cpu_us", "Home-side CPU per connection, µs", "{:.0f}", "gw"),
+    ("p0_c64_csw", "Gateway context switches per connection", "{:.2f}", "gw"),
+    ("p0_c64_home_csw", "Home-side context switches per connection", "{:.2f}", "gw"),
     ("bulk1_mbps", "Bulk, 1 download, MB/s", "{:.0f}", "abs"),
     ("bulk1_cpu_gb", "Gateway CPU s per GB", "{:.2f}", "gw"),
     ("bulk1_home_cpu_gb", "Home-side CPU s per GB", "{:.2f}", "gw"),
@@ -777,7 +958,10 @@ def table(R):
             if kind == "added":
                 v = None if v is None or d is None else v - d
             values[(key, name)] = v
+        if all(values[(key, name)] is None for name in names) and not (kind == "added" and d is not None):
+            continue  # a figure this run did not measure (BENCH_ONLY)
         h = values[(key, PEER)]
+        b = values.get((key, "sni-edge-before"))
         for name in names:
             v = values[(key, name)]
             if kind == "added" and name == "direct":
@@ -790,8 +974,11 @@ def table(R):
             ratios = []
             if kind == "abs" and name != "direct" and d:
                 ratios.append(f"{v / d:.2f}×d")
-            if name != PEER and name != "direct" and h and h > 0 and v >= 0:  # noise can make "added" negative
+            # Noise can make an "added" figure negative: no ratio then.
+            if name != PEER and name != "direct" and h and h > 0 and v >= 0:
                 ratios.append(f"{v / h:.2f}×{PEER_TAG}")
+            if name == "sni-edge" and b and b > 0 and v >= 0:
+                ratios.append(f"{v / b:.2f}×b")
             cells.append(s + (f" ({', '.join(ratios)})" if ratios else ""))
         body.append(f"| {label} | " + " | ".join(cells) + " |")
     return head + "\n".join(body) + "\n", values
@@ -812,7 +999,7 @@ def verdicts(values, R):
     if TUNNEL:
         tunnel_verdicts(v, check)
     else:
-        gateway_verdicts(v, check)
+        gateway_verdicts(v, R, check)
     return lines, errors(R)
 
 
@@ -840,7 +1027,7 @@ def tunnel_verdicts(v, check):
               + ", ".join(f"{n} {fmt.format(p)}" for n, p in peers.items()))
 
 
-def gateway_verdicts(v, check):
+def gateway_verdicts(v, R, check):
     for k, what in (("bulk1_mbps", "1 download"), (f"bulk{PARALLEL}_mbps", f"{PARALLEL} downloads")):
         s, d = v(k, "sni-edge"), v(k, "direct")
         check(None if not (s and d) else s / d >= 0.9, f"bulk throughput ≥ 0.9 of direct ({what}): {s / d:.2f}"
@@ -860,6 +1047,11 @@ def gateway_verdicts(v, check):
             continue
         check(all(s < p for p in peers.values()), f"added TTFB {what} below every peer's: sni-edge {s:.0f} µs; "
               + ", ".join(f"{n} {p:.0f}" for n, p in peers.items()))
+    counted = R["sni-edge"].get("sys_c1")
+    if counted:
+        setup = sum(counted[-1].get(k, 0) for k in SETUP_SYSCALLS)
+        check(setup <= SETUP_BOUND, f"set-up and tear-down system calls per connection (1 client, perf stat) "
+              f"≤ {SETUP_BOUND:.0f}: {setup:.2f}")
 
 
 def errors(R):
@@ -897,6 +1089,7 @@ def versions():
              else [f"sniproxy: {run(['sniproxy', '-V'])}"])
     return [
         f"sni-edge: git {rev}{' + uncommitted changes in src/' if dirty else ''} ({run([SNI_EDGE, '--version'])})",
+    ] + ([f"sni-edge-before (×b): {BASELINE} ({run([BASELINE, '--version'])})"] if BASELINE else []) + [
         f"HAProxy: {run(['haproxy', '-v'])}",
         f"nginx: {run(['nginx', '-v'])}",
         *peers,
@@ -917,12 +1110,13 @@ def report(R, segs, started_at, finished_at, load_start, load_end, profile):
                   "`sni-edge agent` at home; ssh = HAProxy + sshd on the gateway, autossh/ssh -R at home; rathole =\n"
                   "HAProxy + rathole server on the gateway, rathole client at home (Noise).")
     else:
-        legend = (f"`×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run.\n"
+        legend = (f"`×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run"
+                  f"{', `×b` = sni-edge against sni-edge-before (SNI_EDGE_BASELINE)' if BASELINE else ''}.\n"
                   f"Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {segs[PAD]:.2f}\n"
                   f"(the padded ClientHello is ~{PAD + 500} bytes and crosses a segment boundary).")
     text = f"""# sni-edge {'tunnel ' if TUNNEL else ''}benchmark, {date}
 
-Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}.
+Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}{', new connections only (BENCH_ONLY=conn)' if ONLY == 'conn' else ''}.
 Produced by `sudo {'BENCH_SUITE=tunnel ' if TUNNEL else ''}bench/run.sh`; method in bench/README.md.
 
 {chr(10).join('- ' + v for v in versions())}
@@ -951,8 +1145,10 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
 ```
 """
     # A quick run is a smoke test: it must not replace the day's published results.
+    # Nor must a partial one (BENCH_ONLY=conn).
     kind = "TUNNEL-" if TUNNEL else ""
-    name = f"QUICK-{kind}{date}.md" if QUICK else f"{kind or 'RESULTS-'}{date}.md"
+    partial = QUICK or ONLY
+    name = f"{'QUICK' if QUICK else 'CONN'}-{kind}{date}.md" if partial else f"{kind or 'RESULTS-'}{date}.md"
     path = f"{BENCH_DIR}/results/{name}"
     write(path, text)
     print(tab)
@@ -962,7 +1158,7 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
     print(f"\nwritten: bench/results/{name}")
     # Keep the README's copy of the latest table current.
     readme = f"{BENCH_DIR}/README.md"
-    if os.path.exists(readme) and not QUICK:
+    if os.path.exists(readme) and not partial:
         old = open(readme).read()
         mark = "tunnel-results" if TUNNEL else "results"
         new = re.sub(rf"(<!-- {mark}:begin -->\n).*?(<!-- {mark}:end -->)",

@@ -8,6 +8,10 @@
 #   BENCH_SUITE=tunnel bench/run.sh
 #                                tunnel mode beside sni-edge's direct mode, OpenSSH remote
 #                                forwards and rathole (bench/results/TUNNEL-<date>.md)
+#   SNI_EDGE_BASELINE=old/sni-edge bench/run.sh   adds a column "sni-edge-before" for that binary,
+#                                measured in the same rounds (before/after a change; gateways suite)
+#   BENCH_ONLY=conn bench/run.sh the new-connection figures only (TTFB, rates, CPU, context switches,
+#                                system calls per connection); BENCH_CALLGRIND=1 adds instructions
 #
 # Environment: SNI_EDGE (use this binary, skip the build), CARGO_TARGET_DIR (where to build;
 # default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
@@ -35,6 +39,9 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (load generator on CPU 0, gateway and backend on CPU 1)"
 SUITE=${BENCH_SUITE:-gateways}
 case $SUITE in gateways|tunnel) ;; *) die "BENCH_SUITE=$SUITE: expected gateways or tunnel" ;; esac
+# The tunnel suite compares ways to reach home, not two builds: a second column would measure only
+# the baseline's direct mode.
+[ "$SUITE" = tunnel ] && [ -n "${SNI_EDGE_BASELINE:-}" ] && die "SNI_EDGE_BASELINE is for the gateways suite, not BENCH_SUITE=tunnel"
 
 # --- packages ---------------------------------------------------------------------------------
 ensure_packages() {
@@ -47,7 +54,8 @@ ensure_packages() {
   done
   [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
   [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
-  if [ "${BENCH_NO_PROFILE:-0}" != 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+  command -v perf >/dev/null 2>&1 || missing+=(linux-perf)   # profile and system-call counts
+  if [ "${BENCH_CALLGRIND:-0}" = 1 ] && ! command -v callgrind_control >/dev/null 2>&1; then missing+=(valgrind); fi
   if [ "$SUITE" = tunnel ]; then
     for pair in sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client autossh:autossh nft:nftables; do
       cmd=${pair%%:*} pkg=${pair#*:}
@@ -123,6 +131,11 @@ else
   SNI_EDGE=${CARGO_TARGET_DIR:-$REPO/target}/release/sni-edge
   [ -x "$SNI_EDGE" ] || die "no binary at $SNI_EDGE"
 fi
+if [ -n "${SNI_EDGE_BASELINE:-}" ]; then
+  [ -x "$SNI_EDGE_BASELINE" ] || die "SNI_EDGE_BASELINE=$SNI_EDGE_BASELINE is not an executable"
+  SNI_EDGE_BASELINE=$(realpath "$SNI_EDGE_BASELINE")
+fi
+case ${BENCH_ONLY:-} in ''|conn) ;; *) die "BENCH_ONLY=$BENCH_ONLY: the only partial run is BENCH_ONLY=conn" ;; esac
 gcc -O2 -Wall -o "$WORK/tlsload" "$BENCH_DIR/tlsload.c" -lssl -lcrypto || die "compiling tlsload"
 
 # --- topology ---------------------------------------------------------------------------------
@@ -184,5 +197,5 @@ chmod 755 "$WORK/tls"; chmod 644 "$WORK/tls/"*
 
 # --- measure ----------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-export WORK NS_C NS_G NS_B NS_H SNI_EDGE REPO BENCH_DIR RATHOLE BENCH_SUITE=$SUITE
+export WORK NS_C NS_G NS_B NS_H SNI_EDGE SNI_EDGE_BASELINE REPO BENCH_DIR RATHOLE BENCH_SUITE=$SUITE
 python3 "$BENCH_DIR/bench.py"

@@ -13,7 +13,8 @@
 //! ambiguity is a way for two parsers to see two different names.
 
 use crate::names::{HostName, NameError, Requested};
-use tls_parser::{parse_tls_client_hello_extensions, parse_tls_handshake_client_hello};
+use std::borrow::Cow;
+use tls_parser::{parse_tls_client_hello_extension, parse_tls_handshake_client_hello};
 
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
@@ -63,14 +64,18 @@ pub fn parse(buf: &[u8]) -> Result<Option<ClientHello>, HelloError> {
     let Some((message, len)) = reassemble(buf)? else {
         return Ok(None);
     };
-    let server_name = server_name(message)?;
+    let server_name = server_name(&message)?;
     Ok(Some(ClientHello { server_name, len }))
 }
 
+/// A whole handshake message body, and how many input bytes its records took.
+type Reassembled<'a> = (Cow<'a, [u8]>, usize);
+
 /// Collects the handshake message from consecutive records. Returns the
 /// message body (after its 4-byte header) and how many input bytes the
-/// records took, or `None` while it is still incomplete.
-fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
+/// records took, or `None` while it is still incomplete. A message in one
+/// record, the common case, is borrowed from `buf` rather than copied.
+fn reassemble(buf: &[u8]) -> Result<Option<Reassembled<'_>>, HelloError> {
     let mut payload: Vec<u8> = Vec::new();
     let mut pos = 0;
     let mut wanted: Option<usize> = None;
@@ -85,6 +90,11 @@ fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
         let record_len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         let start = pos + RECORD_HEADER_LEN;
         let available = &buf[start..buf.len().min(start + record_len)];
+        if pos == 0 && available.len() == record_len {
+            if let Some(message) = whole_message(available)? {
+                return Ok(Some((Cow::Borrowed(message), start + record_len)));
+            }
+        }
         payload.extend_from_slice(available);
         if wanted.is_none() && payload.len() >= HANDSHAKE_HEADER_LEN {
             if payload[0] != HANDSHAKE_TYPE_CLIENT_HELLO {
@@ -108,10 +118,24 @@ fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
                 // message's; they are forwarded, not interpreted.
                 payload.truncate(total);
                 payload.drain(..HANDSHAKE_HEADER_LEN);
-                return Ok(Some((payload, pos)));
+                return Ok(Some((Cow::Owned(payload), pos)));
             }
         }
     }
+}
+
+/// The message body when `record` (a whole first record) holds all of the
+/// handshake message; `None` when it continues in the next record.
+fn whole_message(record: &[u8]) -> Result<Option<&[u8]>, HelloError> {
+    let [kind, l0, l1, l2, body @ ..] = record else { return Ok(None) };
+    if *kind != HANDSHAKE_TYPE_CLIENT_HELLO {
+        return Err(HelloError::NotClientHello);
+    }
+    let len = usize::from(*l0) << 16 | usize::from(*l1) << 8 | usize::from(*l2);
+    if len > MAX_HELLO_LEN {
+        return Err(HelloError::TooLarge(len));
+    }
+    Ok(body.get(..len))
 }
 
 /// Checks whichever of the 5 header bytes are present.
@@ -130,23 +154,30 @@ fn check_record_header(header: &[u8]) -> Result<(), HelloError> {
     }
 }
 
-fn server_name(message: Vec<u8>) -> Result<Requested, HelloError> {
+fn server_name(message: &[u8]) -> Result<Requested, HelloError> {
     let (rest, hello) =
-        parse_tls_handshake_client_hello(&message).map_err(|_| HelloError::Malformed("ClientHello body"))?;
+        parse_tls_handshake_client_hello(message).map_err(|_| HelloError::Malformed("ClientHello body"))?;
     if !rest.is_empty() {
         return Err(HelloError::Malformed("bytes after the extensions"));
     }
     let Some(extensions) = hello.ext else {
         return Ok(Requested::NoName);
     };
-    // tls-parser stops quietly at the first extension it cannot parse; a
-    // non-empty rest is how that shows, and it means the block is bad.
-    let (rest, _) = parse_tls_client_hello_extensions(extensions).map_err(|_| HelloError::Malformed("extensions"))?;
-    if !rest.is_empty() {
-        return Err(HelloError::Malformed("extension block"));
+    // Every extension must parse (tls-parser's checks of each one's content),
+    // one by one rather than into a list that is not kept. As with
+    // tls-parser's list parser, a failure inside an extension is "extensions"
+    // and one that stops the walk is "extension block".
+    let mut rest = extensions;
+    while !rest.is_empty() {
+        rest = match parse_tls_client_hello_extension(rest) {
+            Ok((rest, _)) => rest,
+            Err(tls_parser::Err::Failure(_)) => return Err(HelloError::Malformed("extensions")),
+            Err(_) => return Err(HelloError::Malformed("extension block")),
+        };
     }
     let mut found = None;
-    let mut seen = Vec::new();
+    // Room for a browser's extensions without growing.
+    let mut seen = Vec::with_capacity(32);
     for (kind, data) in raw_extensions(extensions) {
         // RFC 8446 §4.2: no extension type may appear twice.
         if seen.contains(&kind) {
