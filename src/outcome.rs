@@ -14,6 +14,9 @@ use std::time::Duration;
 pub enum Served {
     /// Connected upstream, header and first bytes written: relay next.
     Forwarded(Upstream),
+    /// One HTTP request forwarded (an ACME challenge fetch): relay the
+    /// answer back, and nothing more from the client.
+    ForwardedOneRequest(Upstream),
     /// Answered by the gateway itself (HTTP redirect or error).
     Answered(u16),
 }

@@ -10,7 +10,7 @@ use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
 use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served};
-use crate::relay::{relay, Counters, RelayEnd};
+use crate::relay::{relay, relay_answer, Counters, RelayEnd};
 use crate::{health, http, systemd, tls};
 use std::collections::HashMap;
 use std::io;
@@ -357,6 +357,11 @@ fn connection(
                     match decided {
                         Served::Forwarded(mut upstream) => Ok(Ended::Relayed(
                             relay(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters).await.err(),
+                        )),
+                        Served::ForwardedOneRequest(mut upstream) => Ok(Ended::Relayed(
+                            relay_answer(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters)
+                                .await
+                                .err(),
                         )),
                         Served::Answered(status) => Ok(Ended::Answered(status)),
                     }
