@@ -15,8 +15,9 @@
 //! is shut down and the rest keeps flowing: half-closed connections lose
 //! nothing. A failed write ends only its own direction, since the side that
 //! stopped reading may still be sending its last bytes (a server that
-//! answers and closes); a failed read means that side is gone, and ends the
-//! relay.
+//! answers and closes); a failed read means that side is gone (it reset),
+//! and ends the relay with a reset of the other side: an abort is passed on
+//! as an abort, never as a clean end of stream.
 
 use std::future::Future;
 use std::io;
@@ -136,7 +137,13 @@ impl Future for Relay<'_> {
                         *this.write_error = error;
                     }
                 }
-                Progress::ReadFailed(e) => return Poll::Ready(Err(RelayEnd::Io(e))),
+                Progress::ReadFailed(e) => {
+                    // That side aborted (a reset): abort the other side too,
+                    // so that a truncated transfer never looks complete.
+                    // With a zero linger, closing the socket sends RST, not FIN.
+                    let _ = socket2::SockRef::from(direction.to.as_ref()).set_linger(Some(Duration::ZERO));
+                    return Poll::Ready(Err(RelayEnd::Io(e)));
+                }
             }
         }
         if this.down.done && (this.up.done || this.up.discard) {
