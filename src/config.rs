@@ -49,6 +49,10 @@ struct RawListener {
     protocol: Protocol,
     #[serde(default)]
     proxy_protocol_from: Vec<IpNet>,
+    /// Acknowledges a `proxy_protocol_from` that covers every address
+    /// (anyone reaching the listener may then claim any client address).
+    #[serde(default)]
+    proxy_protocol_from_anyone: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +219,61 @@ pub struct MetricsSettings {
     pub address: SocketAddr,
 }
 
+/// The longest any duration setting may be. The gateway computes deadlines
+/// as now plus a setting, which must not overflow; a year is beyond any
+/// sensible timeout or interval.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn check_duration(place: impl Into<String>, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(error(place, "must be longer than zero"));
+    }
+    if value > MAX_DURATION {
+        return Err(error(place, "must be at most 365 days"));
+    }
+    Ok(())
+}
+
+/// Refuses addresses that pass parsing but that `run` could not all bind:
+/// an IPv4-mapped IPv6 address (listeners' IPv6 sockets take IPv6 only), and
+/// a wildcard and a specific address of one family on the same port (the
+/// wildcard already holds every address of that port).
+/// `addresses` are (what, address) pairs, such as ("listeners[0]", ..).
+fn check_addresses(addresses: &[(String, SocketAddr)]) -> Result<(), ConfigError> {
+    for (i, (what, address)) in addresses.iter().enumerate() {
+        let place = format!("{what}.address");
+        if let std::net::IpAddr::V6(ip) = address.ip() {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Err(error(
+                    &place,
+                    format!(
+                        "{address} is an IPv4-mapped IPv6 address, which an IPv6-only socket cannot listen on; write {}",
+                        SocketAddr::new(v4.into(), address.port())
+                    ),
+                ));
+            }
+        }
+        for (other_place, other) in &addresses[..i] {
+            if other == address {
+                return Err(error(place, format!("{address} is already {other_place}")));
+            }
+            let clash = other.port() == address.port()
+                && other.is_ipv4() == address.is_ipv4()
+                && (other.ip().is_unspecified() || address.ip().is_unspecified());
+            if clash {
+                return Err(error(
+                    place,
+                    format!(
+                        "{address} and {other_place} ({other}) share a port, and one is a wildcard address, which \
+                         already takes that port on every address: keep the wildcard alone, or list specific addresses only"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The checked config.
 
@@ -316,11 +375,23 @@ impl RawConfig {
         if self.listeners.is_empty() {
             return Err(error("listeners", "at least one listener is needed"));
         }
+        let mut addresses: Vec<(String, SocketAddr)> =
+            self.listeners.iter().enumerate().map(|(i, l)| (format!("listeners[{i}]"), l.address)).collect();
+        if let Some(metrics) = &self.metrics {
+            addresses.push(("metrics".to_owned(), metrics.address));
+        }
+        check_addresses(&addresses)?;
         for (i, listener) in self.listeners.iter().enumerate() {
-            if let Some(j) = self.listeners[..i].iter().position(|l| l.address == listener.address) {
+            let everyone = listener.proxy_protocol_from.iter().position(|net| net.prefix_len() == 0);
+            if let (Some(k), false) = (everyone, listener.proxy_protocol_from_anyone) {
                 return Err(error(
-                    format!("listeners[{i}].address"),
-                    format!("{} is already listeners[{j}]", listener.address),
+                    format!("listeners[{i}].proxy_protocol_from[{k}]"),
+                    format!(
+                        "{} lets anyone who reaches the listener claim any client address; list the load \
+                         balancer's addresses, or set listeners[{i}].proxy_protocol_from_anyone: true if only \
+                         trusted load balancers can reach it",
+                        listener.proxy_protocol_from[k]
+                    ),
                 ));
             }
         }
@@ -344,9 +415,11 @@ impl RawConfig {
             ("timeouts.idle", self.timeouts.idle),
             ("timeouts.http_request", self.timeouts.http_request),
         ] {
-            if value.is_zero() {
-                return Err(error(key, "must be longer than zero"));
-            }
+            check_duration(key, value)?;
+        }
+        // Zero is a valid drain: stop at once.
+        if self.timeouts.shutdown > MAX_DURATION {
+            return Err(error("timeouts.shutdown", "must be at most 365 days"));
         }
 
         let mut backends = BTreeMap::new();
@@ -435,9 +508,7 @@ impl RawBackend {
         if self.servers.is_empty() {
             return Err(error(format!("{place}.servers"), "at least one server is needed"));
         }
-        if self.connect_timeout.is_zero() {
-            return Err(error(format!("{place}.connect_timeout"), "must be longer than zero"));
-        }
+        check_duration(format!("{place}.connect_timeout"), self.connect_timeout)?;
         let mut servers = Vec::new();
         for (i, raw) in self.servers.into_iter().enumerate() {
             let (text, max_connections) = match raw {
@@ -453,9 +524,8 @@ impl RawBackend {
         }
         if let Some(check) = &self.health_check {
             let place = format!("{place}.health_check");
-            if check.interval.is_zero() || check.timeout.is_zero() {
-                return Err(error(place, "interval and timeout must be longer than zero"));
-            }
+            check_duration(format!("{place}.interval"), check.interval)?;
+            check_duration(format!("{place}.timeout"), check.timeout)?;
             if check.rise == 0 || check.fall == 0 {
                 return Err(error(place, "rise and fall must be at least 1"));
             }
