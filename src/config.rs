@@ -201,15 +201,31 @@ impl Default for HttpSettings {
 pub struct Limits {
     /// Connections open at once, all listeners together.
     pub max_connections: usize,
-    /// Connections that have not yet sent a complete ClientHello or request head.
+    /// Per listener, connections that have not yet sent a complete
+    /// ClientHello or request head. When full, the oldest pending connection
+    /// of the client holding the most is closed to make room.
     pub max_pending_handshakes: usize,
-    /// Connections open at once from one client address.
+    /// Pending connections of one client on one listener.
+    pub max_pending_per_client: usize,
+    /// Connections open at once from one client.
     pub max_connections_per_client: usize,
+    /// What counts as one client: IPv4 addresses with this prefix in common.
+    pub client_prefix_v4: u8,
+    /// What counts as one client: IPv6 addresses with this prefix in common
+    /// (a subscriber usually has a whole /64).
+    pub client_prefix_v6: u8,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 20_000, max_pending_handshakes: 2_000, max_connections_per_client: 512 }
+        Limits {
+            max_connections: 20_000,
+            max_pending_handshakes: 2_000,
+            max_pending_per_client: 64,
+            max_connections_per_client: 512,
+            client_prefix_v4: 32,
+            client_prefix_v6: 64,
+        }
     }
 }
 
@@ -404,11 +420,18 @@ impl RawConfig {
         for (key, value) in [
             ("limits.max_connections", self.limits.max_connections),
             ("limits.max_pending_handshakes", self.limits.max_pending_handshakes),
+            ("limits.max_pending_per_client", self.limits.max_pending_per_client),
             ("limits.max_connections_per_client", self.limits.max_connections_per_client),
         ] {
             if value == 0 {
                 return Err(error(key, "must be at least 1"));
             }
+        }
+        if !(1..=32).contains(&self.limits.client_prefix_v4) {
+            return Err(error("limits.client_prefix_v4", "must be from 1 to 32"));
+        }
+        if !(1..=128).contains(&self.limits.client_prefix_v6) {
+            return Err(error("limits.client_prefix_v6", "must be from 1 to 128"));
         }
         for (key, value) in [
             ("timeouts.client_hello", self.timeouts.client_hello),

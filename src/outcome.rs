@@ -58,6 +58,8 @@ pub enum Limit {
     PendingHandshakes,
     #[error("limits.max_connections_per_client")]
     PerClient,
+    #[error("limits.max_pending_per_client")]
+    PendingPerClient,
 }
 
 impl Refusal {
@@ -80,6 +82,7 @@ impl Refusal {
             Refusal::Limit(Limit::Connections) => "limit_connections",
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
             Refusal::Limit(Limit::PerClient) => "limit_per_client",
+            Refusal::Limit(Limit::PendingPerClient) => "limit_pending_per_client",
             Refusal::Io(_) => "io_error",
             Refusal::ShuttingDown => "shutting_down",
         }

@@ -1,0 +1,199 @@
+//! Who a client is for the per-client limits, and each listener's pool of
+//! pending connections (accepted, no complete ClientHello or request head
+//! yet).
+//!
+//! A client is an IPv4 address, or an IPv6 /64 (one subscriber usually holds
+//! a whole /64, so counting single IPv6 addresses would let one user hold
+//! 2^64 "clients"); both prefix lengths are configurable.
+//!
+//! A full pool does not refuse the newcomer, which would let a few silent
+//! clients lock everyone out: it closes the oldest pending connection of the
+//! client holding the most, so an attacker's many connections make room for
+//! others, never the other way round.
+
+use crate::config::Limits;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// A client as the limits count it: its address with the host bits cleared
+/// beyond the configured prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    /// `ip` must already be unmapped (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn of(ip: IpAddr, limits: &Limits) -> ClientKey {
+        ClientKey(match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(limits.client_prefix_v4)).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(limits.client_prefix_v6)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        })
+    }
+}
+
+/// The pending connections of one listener. Each is registered with the
+/// token that closes it if it is evicted.
+#[derive(Default)]
+pub struct PendingPool {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Per client, its pending connections, oldest first.
+    clients: HashMap<ClientKey, VecDeque<(u64, CancellationToken)>>,
+    total: usize,
+    next_id: u64,
+}
+
+/// A connection's place in a pool, given back with [`PendingPool::release`]
+/// with its client. Never 0, so that 0 can stand for "none".
+pub type PendingId = u64;
+
+/// Why a pending connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientFull;
+
+impl PendingPool {
+    /// Registers a pending connection of `client`; `evict` is cancelled if
+    /// it is later closed to make room. Refused only when the client itself
+    /// already holds `per_client` pending connections (`None`: no such
+    /// limit, for a trusted load balancer). When the pool holds `capacity`,
+    /// the oldest pending connection of the client holding the most is
+    /// evicted first (of equal holders, the one whose oldest is oldest).
+    pub fn admit(
+        &self,
+        client: ClientKey,
+        per_client: Option<usize>,
+        capacity: usize,
+        evict: CancellationToken,
+    ) -> Result<PendingId, ClientFull> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let held = state.clients.get(&client).map_or(0, VecDeque::len);
+        if per_client.is_some_and(|max| held >= max) {
+            return Err(ClientFull);
+        }
+        while state.total >= capacity.max(1) {
+            state.evict_one();
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        state.total += 1;
+        state.clients.entry(client).or_default().push_back((id, evict));
+        Ok(id)
+    }
+
+    /// Gives a place back (the connection's hello arrived, or it ended). A
+    /// place already taken by an eviction is not given back twice.
+    pub fn release(&self, client: ClientKey, slot: PendingId) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(queue) = state.clients.get_mut(&client) else {
+            return;
+        };
+        let Some(at) = queue.iter().position(|(id, _)| *id == slot) else {
+            return;
+        };
+        queue.remove(at);
+        if queue.is_empty() {
+            state.clients.remove(&client);
+        }
+        state.total -= 1;
+    }
+
+    /// Pending connections held now.
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl PoolState {
+    /// Closes the oldest pending connection of the client holding the most.
+    /// A scan of the clients: it runs only when the pool is full, and the
+    /// pool holds at most `capacity` clients.
+    fn evict_one(&mut self) {
+        let victim = self
+            .clients
+            .iter()
+            .filter_map(|(key, queue)| queue.front().map(|(oldest, _)| (queue.len(), std::cmp::Reverse(*oldest), *key)))
+            .max();
+        let Some((_, _, key)) = victim else {
+            self.total = 0;
+            return;
+        };
+        let queue = self.clients.get_mut(&key).expect("the victim was just found");
+        if let Some((_, token)) = queue.pop_front() {
+            token.cancel();
+            self.total -= 1;
+        }
+        if queue.is_empty() {
+            self.clients.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str) -> ClientKey {
+        ClientKey::of(ip.parse().unwrap(), &Limits::default())
+    }
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_64() {
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        let wide = Limits { client_prefix_v4: 24, client_prefix_v6: 48, ..Limits::default() };
+        let of = |ip: &str| ClientKey::of(ip.parse().unwrap(), &wide);
+        assert_eq!(of("192.0.2.1"), of("192.0.2.200"));
+        assert_eq!(of("2001:db8:1:2::1"), of("2001:db8:1:ffff::1"));
+        let exact = Limits { client_prefix_v6: 128, ..Limits::default() };
+        assert_ne!(ClientKey::of("::1".parse().unwrap(), &exact), ClientKey::of("::2".parse().unwrap(), &exact));
+    }
+
+    #[test]
+    fn a_full_pool_evicts_the_oldest_of_the_biggest_holder() {
+        let pool = PendingPool::default();
+        let tokens: Vec<CancellationToken> = (0..5).map(|_| CancellationToken::new()).collect();
+        let (a, b, c) = (key("192.0.2.1"), key("192.0.2.2"), key("192.0.2.3"));
+        let a0 = pool.admit(a, Some(10), 4, tokens[0].clone()).unwrap();
+        let _b0 = pool.admit(b, Some(10), 4, tokens[1].clone()).unwrap();
+        let _a1 = pool.admit(a, Some(10), 4, tokens[2].clone()).unwrap();
+        let _a2 = pool.admit(a, Some(10), 4, tokens[3].clone()).unwrap();
+        assert_eq!(pool.len(), 4);
+        // Full: the newcomer gets in, a's oldest goes.
+        let _c0 = pool.admit(c, Some(10), 4, tokens[4].clone()).unwrap();
+        assert!(tokens[0].is_cancelled());
+        assert!(tokens[1..].iter().all(|t| !t.is_cancelled()));
+        assert_eq!(pool.len(), 4);
+        // The evicted connection's release does not count twice.
+        pool.release(a, a0);
+        assert_eq!(pool.len(), 4);
+        // Per client: refused at its own limit, without evicting anyone.
+        assert_eq!(pool.admit(a, Some(2), 4, CancellationToken::new()).unwrap_err(), ClientFull);
+        assert!(pool.admit(a, None, 10, CancellationToken::new()).is_ok());
+    }
+
+    #[test]
+    fn of_equal_holders_the_oldest_goes() {
+        let pool = PendingPool::default();
+        let first = CancellationToken::new();
+        let second = CancellationToken::new();
+        pool.admit(key("192.0.2.1"), Some(1), 2, first.clone()).unwrap();
+        pool.admit(key("192.0.2.2"), Some(1), 2, second.clone()).unwrap();
+        pool.admit(key("192.0.2.3"), Some(1), 2, CancellationToken::new()).unwrap();
+        assert!(first.is_cancelled() && !second.is_cancelled());
+    }
+}
