@@ -214,6 +214,10 @@ pub struct Limits {
     /// What counts as one client: IPv6 addresses with this prefix in common
     /// (a subscriber usually has a whole /64).
     pub client_prefix_v6: u8,
+    /// Bytes all unfinished ClientHellos and request heads together may
+    /// hold beyond the first 16 KiB of each (which every connection may
+    /// always use).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
@@ -225,6 +229,7 @@ impl Default for Limits {
             max_connections_per_client: 512,
             client_prefix_v4: 32,
             client_prefix_v6: 64,
+            max_buffered_bytes: 64 << 20,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! on a new connection anyway.
 
 use crate::forward::{forward, Connection};
-use crate::inbound::{addresses, read_until};
+use crate::inbound::{addresses, read_until, Received};
 use crate::names::{HostName, Requested};
 use crate::outcome::{Refusal, Served};
 use tokio::io::AsyncWriteExt;
@@ -174,7 +174,7 @@ pub async fn serve(
     let config = cx.config;
     let started = Instant::now();
     let deadline = started + config.timeouts.http_request;
-    let mut buf = Vec::new();
+    let mut buf = Received::new(config.limits.max_buffered_bytes);
     let addresses = Box::pin(addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started)).await?;
     let request = match read_until(stream, &mut buf, config.http.max_request_bytes, deadline, started, parse_head).await
     {
@@ -218,7 +218,7 @@ pub async fn serve(
             if let Some(why) = refusal {
                 return answer(stream, 400, Refusal::BadRequest(why)).await;
             }
-            let head = forwarded_head(&buf, &request, host);
+            let head = forwarded_head(&buf.bytes, &request, host);
             // Bytes after the head (a pipelined request) are dropped here;
             // later ones by the relay, which passes only the answer on.
             drop(buf);

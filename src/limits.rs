@@ -14,6 +14,7 @@
 use crate::config::Limits;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -138,6 +139,76 @@ impl PoolState {
         }
         if queue.is_empty() {
             self.clients.remove(&key);
+        }
+    }
+}
+
+/// Bytes of unfinished hellos and request heads every connection may hold
+/// whatever the budget: one full TLS record, more than any real ClientHello
+/// (Chromium's with a post-quantum key share is about 1.9 KB).
+pub const BUFFER_FLOOR: usize = 16 * 1024 + 5;
+
+/// The process-wide budget for what pending connections buffer beyond
+/// [`BUFFER_FLOOR`] each (`limits.max_buffered_bytes`). One process, one
+/// memory: a static rather than per-server state.
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+/// Set when a buffer that used the budget is freed: the allocator may then
+/// hold memory worth giving back (see [`give_back_memory`]).
+static FREED_LARGE: AtomicBool = AtomicBool::new(false);
+
+/// What one connection's buffer holds of the budget; given back on drop.
+#[derive(Debug, Default)]
+pub struct BufferCharge {
+    charged: usize,
+}
+
+/// The budget is spent: the connection cannot buffer more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSpent;
+
+impl BufferCharge {
+    /// Makes sure a buffer may grow to `capacity` bytes, taking from the
+    /// budget of `limit` bytes what it needs beyond the floor.
+    pub fn cover(&mut self, capacity: usize, limit: usize) -> Result<(), BudgetSpent> {
+        let wanted = capacity.saturating_sub(BUFFER_FLOOR);
+        if wanted <= self.charged {
+            return Ok(());
+        }
+        let more = wanted - self.charged;
+        let before = BUFFERED.fetch_add(more, Ordering::AcqRel);
+        if before + more > limit {
+            BUFFERED.fetch_sub(more, Ordering::AcqRel);
+            return Err(BudgetSpent);
+        }
+        self.charged = wanted;
+        Ok(())
+    }
+}
+
+impl Drop for BufferCharge {
+    fn drop(&mut self) {
+        if self.charged > 0 {
+            BUFFERED.fetch_sub(self.charged, Ordering::AcqRel);
+            FREED_LARGE.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Bytes of the budget in use now.
+pub fn buffered() -> usize {
+    BUFFERED.load(Ordering::Acquire)
+}
+
+/// Gives memory freed by large buffers back to the system, if any were
+/// freed since the last call. glibc's malloc keeps freed heap memory for
+/// reuse; after an attack of large unfinished hellos that is hundreds of
+/// megabytes that would stay resident. `malloc_trim` releases it.
+pub fn give_back_memory() {
+    if FREED_LARGE.swap(false, Ordering::AcqRel) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum Limit {
     PerClient,
     #[error("limits.max_pending_per_client")]
     PendingPerClient,
+    #[error("limits.max_buffered_bytes")]
+    Buffered,
 }
 
 impl Refusal {
@@ -83,6 +85,7 @@ impl Refusal {
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
             Refusal::Limit(Limit::PerClient) => "limit_per_client",
             Refusal::Limit(Limit::PendingPerClient) => "limit_pending_per_client",
+            Refusal::Limit(Limit::Buffered) => "limit_buffered",
             Refusal::Io(_) => "io_error",
             Refusal::ShuttingDown => "shutting_down",
         }

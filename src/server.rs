@@ -174,6 +174,15 @@ pub async fn run(
         loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
     }
     systemd::ready("accepting connections");
+    // Memory that large unfinished hellos took is given back to the system
+    // soon after they are gone, not kept by the allocator for ever.
+    let trimmer = tokio::spawn(async {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            crate::limits::give_back_memory();
+        }
+    });
 
     while let Some(Control::Reload) = control.recv().await {
         let Some(path) = &config_path else {
@@ -204,6 +213,7 @@ pub async fn run(
         let _ = accept.task.await;
     }
     generation.stop();
+    trimmer.abort();
     shared.connections.close();
     if tokio::time::timeout(drain, shared.connections.wait()).await.is_err() {
         tracing::warn!(remaining = shared.metrics.active.get(), "drain deadline passed, closing the rest");

@@ -198,3 +198,36 @@ fn silent_clients_from_one_ipv6_64_count_as_one_client() {
         eprintln!("SKIPPED: cannot create a network namespace (needs root): the IPv6 /64 attack did not run");
     }
 }
+
+/// With no budget left for large hellos (`max_buffered_bytes` 0), a hello
+/// of one full record (16 KiB, more than any real client sends) is still
+/// served; a larger one is refused.
+#[tokio::test]
+async fn a_hello_of_one_full_record_never_needs_the_budget() {
+    let (backend, mut received) = Backend::recording().await;
+    let gw = Gateway::start(|tls, http| {
+        gateway_config(tls, http, backend.addr).replacen(
+            "\"max_pending_handshakes\"",
+            "\"max_buffered_bytes\": 0, \"max_pending_handshakes\"",
+            1,
+        )
+    })
+    .await;
+    for legit in [HELLO_CHROMIUM.to_vec(), hello::build_padded("app.example.test", 1 << 14)] {
+        let (_, answer) = exchange(gw.tls, &legit).await;
+        assert_eq!(answer, b"bye", "a hello of {} bytes", legit.len());
+        assert_eq!(within("backend", received.recv()).await.unwrap(), legit);
+    }
+    // More than 16 KiB of a hello that is not complete yet: closed at once,
+    // not held until timeouts.client_hello (60 s here).
+    let mut large = vec![1, 1, 0, 0];
+    large.resize(1 << 14, 0x41);
+    let records = [&[22, 3, 1, 0x40, 0][..], &large, &[22, 3, 1, 0x10, 0], &large[..0x1000]].concat();
+    let mut client = TcpStream::connect(gw.tls).await.unwrap();
+    let _ = client.write_all(&records).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a hello beyond 16 KiB with no budget left was held");
+    assert_eq!(backend.accepted(), 2);
+    gw.stop().await;
+}
