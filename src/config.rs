@@ -199,8 +199,11 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Connections open at once, all listeners together.
-    pub max_connections: usize,
+    /// Connections open at once, all listeners together. Unset: 20,000, or
+    /// fewer if the open files limit cannot hold that many (see
+    /// [`Limits::max_connections`]).
+    #[serde(rename = "max_connections")]
+    pub max_connections_set: Option<usize>,
     /// Per listener, connections that have not yet sent a complete
     /// ClientHello or request head. When full, the oldest pending connection
     /// of the client holding the most is closed to make room.
@@ -223,7 +226,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 20_000,
+            max_connections_set: None,
             max_pending_handshakes: 2_000,
             max_pending_per_client: 64,
             max_connections_per_client: 512,
@@ -422,8 +425,10 @@ impl RawConfig {
         if self.http.max_request_bytes < 256 {
             return Err(error("http.max_request_bytes", "must be at least 256"));
         }
+        if self.limits.max_connections_set == Some(0) {
+            return Err(error("limits.max_connections", "must be at least 1"));
+        }
         for (key, value) in [
-            ("limits.max_connections", self.limits.max_connections),
             ("limits.max_pending_handshakes", self.limits.max_pending_handshakes),
             ("limits.max_pending_per_client", self.limits.max_pending_per_client),
             ("limits.max_connections_per_client", self.limits.max_connections_per_client),

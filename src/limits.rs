@@ -13,6 +13,7 @@
 
 use crate::config::Limits;
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -211,6 +212,94 @@ pub fn give_back_memory() {
             libc::malloc_trim(0);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Descriptors.
+
+/// `limits.max_connections` when not set, if the descriptors allow.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Descriptors one connection may hold: the client's socket and the server's.
+const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for everything else: listeners, the relay's pooled
+/// pipes (64 of 2 each), health checks, the metrics endpoint, logs, DNS.
+const FDS_RESERVED: u64 = 192;
+
+/// The open files limit the process runs with, once [`raise_open_files_limit`] ran.
+static OPEN_FILES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Raises the soft limit on open files to the hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go programs do: the soft limit of a shell
+/// (often 1,024) is far below what a gateway needs, and systemd sets both.
+/// Returns (soft, hard) as they are afterwards.
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let _ = OPEN_FILES.set(limit.rlim_cur);
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// The process's (soft, hard) open files limits.
+pub fn open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Descriptors `connections` need, the reserve included.
+pub fn descriptors_for(connections: usize) -> u64 {
+    connections as u64 * FDS_PER_CONNECTION + FDS_RESERVED
+}
+
+/// Connections that fit in `open_files` descriptors.
+pub fn connections_for(open_files: u64) -> usize {
+    (open_files.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION) as usize
+}
+
+impl Limits {
+    /// Connections open at once: `limits.max_connections`, or, unset, 20,000
+    /// or what the open files limit holds if that is less.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections_set.unwrap_or_else(|| {
+            OPEN_FILES.get().map_or(DEFAULT_MAX_CONNECTIONS, |&n| connections_for(n).clamp(1, DEFAULT_MAX_CONNECTIONS))
+        })
+    }
+
+    /// Whether a configured `max_connections` fits in `open_files`
+    /// descriptors; the error says what to change.
+    pub fn check_descriptors(&self, open_files: u64) -> Result<(), String> {
+        match self.max_connections_set {
+            Some(wanted) if descriptors_for(wanted) > open_files => Err(format!(
+                "limits.max_connections is {wanted}, which needs about {} open files (2 per connection and {FDS_RESERVED} \
+                 for the rest), but the limit is {open_files}: raise it (LimitNOFILE= in systemd, ulimit -n) or \
+                 lower limits.max_connections to at most {}",
+                descriptors_for(wanted),
+                connections_for(open_files)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An error that says this machine or process is out of a resource (open
+/// files, memory, buffers), not that the peer is at fault: it must never
+/// count against a backend server's health.
+pub fn is_local_resource_error(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 #[cfg(test)]

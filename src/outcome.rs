@@ -81,6 +81,7 @@ impl Refusal {
             Refusal::Backend(ConnectError::Full { .. }) => "backend_full",
             Refusal::Backend(ConnectError::AllDown { .. }) => "backend_unhealthy",
             Refusal::Backend(ConnectError::Failed { .. }) => "backend_down",
+            Refusal::Backend(ConnectError::Local { .. }) => "local_resources",
             Refusal::Limit(Limit::Connections) => "limit_connections",
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
             Refusal::Limit(Limit::PerClient) => "limit_per_client",

@@ -234,6 +234,9 @@ fn reload(
     generation: &Generation,
 ) -> anyhow::Result<Option<TcpListener>> {
     let config = Config::load(path)?;
+    if let Ok((open_files, _)) = crate::limits::open_files_limit() {
+        config.limits.check_descriptors(open_files).map_err(anyhow::Error::msg)?;
+    }
     // Bind every new address before touching anything, so a port that is
     // taken fails the reload as a whole.
     let metrics_socket = bind_metrics(&config, generation.metrics_address())?;
@@ -451,7 +454,7 @@ impl<'a> Admission<'a> {
         let open_before = shared.metrics.active.inc();
         let key = ClientKey::of(crate::proxy_header::unmap(peer).ip(), limits);
         let mut admission = Admission { shared, pool, client: key, counted: false, pending: AtomicU64::new(0) };
-        if open_before >= limits.max_connections as i64 {
+        if open_before >= limits.max_connections() as i64 {
             return Err(Limit::Connections);
         }
         // A trusted load balancer carries many clients: its own address is
