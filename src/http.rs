@@ -82,9 +82,17 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Request>, Refusal> {
 /// Splits an absolute-form target `http://authority/path` into its
 /// authority and origin-form path; `None` for any other form.
 fn absolute_form(target: &str) -> Result<Option<(&str, String)>, Refusal> {
+    // A path may hold "://" too (`/login?next=https://a.test/`): only a
+    // target that starts with a scheme (RFC 3986 §3.1) is absolute.
     let Some(scheme_end) = target.find("://") else {
         return Ok(None);
     };
+    let scheme = &target[..scheme_end];
+    let is_scheme = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !is_scheme {
+        return Ok(None);
+    }
     if !target[..scheme_end].eq_ignore_ascii_case("http") {
         return Err(Refusal::BadRequest("request target is not an http:// URL"));
     }
@@ -120,7 +128,7 @@ fn same_host(a: &str, b: &str) -> bool {
 /// form, the Host (the target's authority if it had one), the client's
 /// other headers except hop-by-hop ones, and `Connection: close`: one
 /// request per connection, nothing after it.
-fn forwarded_head(buf: &[u8], request: &Request, host: &str) -> Vec<u8> {
+pub fn forwarded_head(buf: &[u8], request: &Request, host: &str) -> Vec<u8> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     // The same bytes parsed to `request` before; they parse the same again.
@@ -287,6 +295,9 @@ mod tests {
         assert_eq!(read("GET http://a.test/x?y HTTP/1.1\r\n\r\n").unwrap(), ok("/x?y", "a.test"));
         assert_eq!(read("GET HTTP://a.test:80 HTTP/1.1\r\nHost: A.test\r\n\r\n").unwrap(), ok("/", "a.test:80"));
         assert_eq!(read("GET http://a.test?q HTTP/1.1\r\n\r\n").unwrap(), ok("/?q", "a.test"));
+        // Found by fuzzing: "://" in a path does not make it absolute.
+        let next = "GET /login?next=https://b.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        assert_eq!(read(next).unwrap(), ok("/login?next=https://b.test/x", "a.test"));
         for bad in [
             "GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n",
             "GET https://a.test/ HTTP/1.1\r\n\r\n",
