@@ -164,6 +164,8 @@ async fn acme_pass_through_refuses_everything_but_a_bodiless_get_or_head() {
         format!("POST {TOKEN_PATH} HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
         format!("GET {TOKEN_PATH} HTTP/1.1\r\n{host}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
         format!("GET http://app.example.test{TOKEN_PATH} HTTP/1.1\r\nHost: other.internal\r\n\r\n"),
+        // No room left for the Connection header the gateway adds.
+        format!("GET {TOKEN_PATH} HTTP/1.1\r\n{host}{}\r\n", "X: y\r\n".repeat(62)),
     ] {
         let answer = get(gw.http, &request).await;
         assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{request:?} got {answer:?}");
