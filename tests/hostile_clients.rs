@@ -76,6 +76,8 @@ async fn served(from: IpAddr, to: SocketAddr) -> bool {
 /// Runs the attack from `attackers` against both listeners while `legit`
 /// asks `LEGIT_TRIES` times on the TLS one; returns how often it was served.
 async fn attack(gw: &Gateway, attackers: &[IpAddr], legit: IpAddr) -> usize {
+    // Attackers' sockets and the gateway's, in this one process.
+    open_files_to_hard();
     let end = Instant::now() + Duration::from_secs(30);
     let connects = Arc::new(AtomicUsize::new(0));
     let mut holders = Vec::new();

@@ -49,6 +49,10 @@ async fn attacker(from: IpAddr, to: SocketAddr, hello: Arc<Vec<u8>>, mut release
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_unfinished_hellos_keep_memory_bounded_and_it_is_given_back() {
+    // About one descriptor per attacking connection here, one in the gateway.
+    let open_files = open_files_to_hard();
+    let needed = u64::from(ADDRESSES) * PER_ADDRESS as u64 + 500;
+    assert!(open_files >= needed, "this test needs an open files limit of {needed}, the hard limit is {open_files}");
     let (backend, mut received) = Backend::recording().await;
     let config = format!(
         r#"{{ "log": {{ "level": "warn" }},

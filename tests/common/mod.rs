@@ -228,3 +228,9 @@ impl Drop for RealGateway {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Raises this test process's soft open files limit to the hard one (the
+/// attack tests hold a few thousand sockets); returns the limit.
+pub fn open_files_to_hard() -> u64 {
+    sni_edge::limits::raise_open_files_limit().unwrap().0
+}
