@@ -43,19 +43,39 @@
 
       mkSniEdge = pkgs: pkgs.callPackage ./nixos/package.nix { inherit src version; };
 
+      # A minimal image: the binary and its closure, run as an unprivileged
+      # user (the Deployment's securityContext says so too).
+      mkImage =
+        pkgs: sni-edge:
+        pkgs.dockerTools.buildLayeredImage {
+          name = "sni-edge";
+          tag = version;
+          contents = [ sni-edge ];
+          config = {
+            Entrypoint = [ (lib.getExe sni-edge) ];
+            User = "65534:65534";
+          };
+        };
+
       # Every file in tests/vm/ is a NixOS VM test, with the modules of this
       # flake on every node.
       vmTests =
         pkgs:
-        lib.mapAttrs' (
-          file: _:
-          lib.nameValuePair "vm-${lib.removeSuffix ".nix" file}" (
-            pkgs.testers.runNixOSTest {
-              imports = [ (./tests/vm + "/${file}") ];
-              defaults.imports = [ self.nixosModules.default ];
-            }
+        lib.mapAttrs'
+          (
+            file: _:
+            lib.nameValuePair "vm-${lib.removeSuffix ".nix" file}" (
+              pkgs.testers.runNixOSTest {
+                imports = [ (./tests/vm + "/${file}") ];
+                defaults.imports = [ self.nixosModules.default ];
+              }
+            )
           )
-        ) (lib.filterAttrs (file: type: type == "regular" && lib.hasSuffix ".nix" file) (builtins.readDir ./tests/vm));
+          (
+            lib.filterAttrs (file: type: type == "regular" && lib.hasSuffix ".nix" file) (
+              builtins.readDir ./tests/vm
+            )
+          );
     in
     {
       packages = forAllSystems (
@@ -63,6 +83,10 @@
         {
           default = self.packages.${pkgs.stdenv.hostPlatform.system}.sni-edge;
           sni-edge = mkSniEdge pkgs;
+          # The agent's container image for k3s (k3s/tunnel-agent.yaml):
+          # `nix build .#sni-edge-image`, then
+          # `k3s ctr images import result` on each node.
+          sni-edge-image = mkImage pkgs (mkSniEdge pkgs);
         }
         # Cross-compiled from x86_64-linux, for a small ARM VPS or a Raspberry Pi.
         // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
@@ -74,17 +98,34 @@
 
       nixosModules = {
         # The gateway, with this flake's build as the default package.
+        # Each module has a `key`, so importing two names that contain the
+        # same module (default and sni-edge) includes it once, as the module
+        # system does for a module given by path.
         sni-edge =
           { lib, pkgs, ... }:
           {
+            key = "sni-edge#nixosModules.sni-edge";
+            _file = "${toString ./flake.nix}#nixosModules.sni-edge";
             imports = [ ./nixos/module.nix ];
             services.sniEdge.package = lib.mkDefault (mkSniEdge pkgs);
+          };
+        # The agent of tunnel mode, at home, with this flake's build.
+        agent =
+          { lib, pkgs, ... }:
+          {
+            key = "sni-edge#nixosModules.agent";
+            _file = "${toString ./flake.nix}#nixosModules.agent";
+            imports = [ ./nixos/agent.nix ];
+            services.sniEdgeAgent.package = lib.mkDefault (mkSniEdge pkgs);
           };
         # For k3s server nodes behind the gateway.
         k3s-traefik = ./nixos/k3s-traefik.nix;
         default = {
+          key = "sni-edge#nixosModules.default";
+          _file = "${toString ./flake.nix}#nixosModules.default";
           imports = [
             self.nixosModules.sni-edge
+            self.nixosModules.agent
             self.nixosModules.k3s-traefik
           ];
         };
@@ -96,9 +137,16 @@
           packages = self.packages.${pkgs.stdenv.hostPlatform.system};
           inherit (packages) sni-edge;
         in
-        # Every package, the aarch64 cross build included.
-        lib.mapAttrs' (name: lib.nameValuePair "package-${name}") (removeAttrs packages [ "default" ])
-        // {
+        # The native package only. The aarch64 cross package stays in
+        # `packages` (nix build .#sni-edge-aarch64-linux) but is no check:
+        # building it needs a whole cross toolchain (pkgsCross gcc, glibc,
+        # rustc's aarch64 std) that cache.nixos.org does not carry, so every
+        # `nix flake check` would compile one for an hour or more. The crate's
+        # aarch64 build and tests are run by tests/aarch64.sh under qemu
+        # instead, and an aarch64-linux machine builds
+        # packages.aarch64-linux.sni-edge natively, which is checked there.
+        {
+          package-sni-edge = sni-edge;
           clippy = sni-edge.overrideAttrs (old: {
             pname = "sni-edge-clippy";
             nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];

@@ -21,6 +21,14 @@ WORK, NS_C, NS_G, NS_B = E["WORK"], E["NS_C"], E["NS_G"], E["NS_B"]
 SNI_EDGE, REPO, BENCH_DIR = E["SNI_EDGE"], E["REPO"], E["BENCH_DIR"]
 QUICK = E.get("BENCH_QUICK") == "1"
 PROFILE = E.get("BENCH_NO_PROFILE") != "1"
+# Another sni-edge binary measured in the same run, as its own column ("before" of a change).
+BASELINE = E.get("SNI_EDGE_BASELINE") or None
+# "conn": the new-connection figures only (TTFB, rates, CPU and context switches per connection,
+# system calls per connection); no bulk, no memory, profile of sni-edge's handshakes only.
+ONLY = E.get("BENCH_ONLY", "")
+# Instructions per connection of each sni-edge binary under valgrind's callgrind (slow; opt-in).
+CALLGRIND = E.get("BENCH_CALLGRIND") == "1"
+COUNT_CONNS = 300 if QUICK else 1000   # connections per system-call / instruction count
 
 REPS = 1 if QUICK else 3           # runs per figure; the table shows the median
 RATE_SECS = 1.5 if QUICK else 3.0  # one connection-rate run
@@ -44,6 +52,10 @@ NICE = E.get("BENCH_NICE", "-10")
 # name, address, port the client connects to
 TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
            ("sniproxy", GW, 446)]
+if BASELINE:
+    TARGETS.insert(2, ("sni-edge-before", GW, 447))
+SNI_EDGES = [t for t in TARGETS if t[0].startswith("sni-edge")]
+BINARY = {"sni-edge": SNI_EDGE, "sni-edge-before": BASELINE}
 GATEWAYS = [t for t in TARGETS if t[0] != "direct"]
 T0 = time.monotonic()
 
@@ -137,6 +149,23 @@ def memory(pids):
     return rss, pss
 
 
+def context_switches(pids):
+    """Voluntary and involuntary context switches, summed over every thread of the processes."""
+    total = 0
+    for p in pids:
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    total += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+            except OSError:
+                pass
+    return total
+
+
 def established(ns, port):
     out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htn", "state", "established",
                           f"( sport = :{port} )"], capture_output=True, text=True).stdout
@@ -188,19 +217,8 @@ http {{
   }}
 }}
 """)
-    write(f"{WORK}/sni-edge.json", json.dumps({
-        "log": {"level": "warn", "format": "text"},
-        "listeners": [{"address": f"{GW}:443", "protocol": "tls"}],
-        "routes": [{"names": [SNI], "backend": "bench"}],
-        "backends": {"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}},
-        "timeouts": {"client_hello": "5s", "idle": "10m"},
-        # The load comes from one address: the per-client limits are raised
-        # out of the way; max_connections must fit the descriptors (2 each,
-        # 192 kept) or the gateway refuses to start.
-        "limits": {"max_connections": max(1000, min(40_000, (FD_MAX - 192) // 2)),
-                   "max_pending_handshakes": 4000, "max_pending_per_client": 4000,
-                   "max_connections_per_client": 40000},
-    }, indent=2))
+    for name, _, port in SNI_EDGES:
+        sni_edge_config(f"{WORK}/{name}.json", port, BINARY[name])
     write(f"{WORK}/haproxy.cfg", f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
@@ -254,20 +272,44 @@ table bench {{
 """)
 
 
+def sni_edge_config(path, port, binary):
+    # The load comes from one address: the per-client limits are raised out
+    # of the way. max_connections must fit the descriptors (2 each, 192 kept)
+    # or a build that checks it refuses to start.
+    limits = {"max_connections": max(1000, min(40_000, (FD_MAX - 192) // 2)),
+              "max_pending_handshakes": 4000, "max_connections_per_client": 40000}
+    config = {
+        "log": {"level": "warn", "format": "text"},
+        "listeners": [{"address": f"{GW}:{port}", "protocol": "tls"}],
+        "routes": [{"names": [SNI], "backend": "bench"}],
+        "backends": {"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}},
+        "timeouts": {"client_hello": "5s", "idle": "10m"},
+        "limits": {**limits, "max_pending_per_client": 4000},
+    }
+    write(path, json.dumps(config, indent=2))
+    # A build from before that key refuses it (unknown keys are errors): it
+    # gets the config without it.
+    if subprocess.run([binary, "check", "--config", path], capture_output=True).returncode != 0:
+        config["limits"] = limits
+        write(path, json.dumps(config, indent=2))
+
+
 def start_all():
     procs = {}
     p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/sni-edge.json"], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"bench: sni-edge check failed: {r.stderr}")
-    cmds = {
-        "sni-edge": [SNI_EDGE, "run", "--config", f"{WORK}/sni-edge.json"],
+    cmds = {}
+    for name, _, _ in SNI_EDGES:
+        r = subprocess.run([BINARY[name], "check", "--config", f"{WORK}/{name}.json"], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"bench: {name} check failed: {r.stderr}")
+        cmds[name] = [BINARY[name], "run", "--config", f"{WORK}/{name}.json"]
+    cmds.update({
         "haproxy": ["haproxy", "-db", "-f", f"{WORK}/haproxy.cfg"],
         "nginx": ["nginx", "-c", f"{WORK}/nginx-gw/nginx.conf"],
         "sniproxy": ["sniproxy", "-f", "-c", f"{WORK}/sniproxy/sniproxy.conf"],
-    }
+    })
     for name, ip, port in GATEWAYS:
         procs[name] = start(name, NS_G, 1, cmds[name])
         wait_listen(name, NS_G, ip, port, procs[name])
@@ -350,9 +392,9 @@ def main():
             for conc in (1, 64):
                 for name, ip, port in TARGETS:
                     g = pids[name]() if name != "direct" else []
-                    c0 = cpu_seconds(g)
+                    c0, s0 = cpu_seconds(g), context_switches(g)
                     r = tlsload("rate", ip, port, SNI, conc, RATE_SECS, RATE_MAX, pad)
-                    c1 = cpu_seconds(g)
+                    c1, s1 = cpu_seconds(g), context_switches(g)
                     k = f"p{pad}_c{conc}"
                     add(name, f"{k}_rate", r["rate"])
                     add(name, f"{k}_err", r["err"])
@@ -360,8 +402,16 @@ def main():
                     add(name, f"{k}_load_ttfb99", r["ttfb_p99_us"])
                     if g and r["ok"]:
                         add(name, f"{k}_cpu_us", (c1 - c0) / r["ok"] * 1e6)
+                        add(name, f"{k}_csw", (s1 - s0) / r["ok"])
                     log(f"rate rep {rep + 1}/{REPS} pad={pad} c={conc} {name}: {r['rate']:.0f}/s "
                         f"err={r['err']:.0f} ttfb p50={r['ttfb_p50_us']:.0f}us p99={r['ttfb_p99_us']:.0f}us")
+
+    if ONLY == "conn":
+        profile = (profile_runs(procs) if PROFILE else "") + connection_counts(procs, R)
+        finished_at = datetime.datetime.now(datetime.timezone.utc)
+        load_end = open("/proc/loadavg").read().split()[:3]
+        report(R, segs, started_at, finished_at, load_start, load_end, profile)
+        return
 
     # 2. Bulk throughput and gateway CPU per GB.
     for rep in range(REPS):
@@ -409,7 +459,7 @@ def main():
             time.sleep(0.1)
 
     # 4. Profile sni-edge (and HAProxy for bulk) with perf, outside the figures.
-    profile = profile_runs(procs) if PROFILE else ""
+    profile = (profile_runs(procs) if PROFILE else "") + connection_counts(procs, R)
 
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     load_end = open("/proc/loadavg").read().split()[:3]
@@ -421,9 +471,10 @@ def profile_runs(procs):
     if not shutil.which("perf"):
         return "perf not installed.\n"
     out = []
-    jobs = [("sni-edge", "handshakes (64 clients, new connection each)", "rate"),
-            ("sni-edge", f"bulk (one {BIG_MIB} MiB download)", "bulk"),
-            ("haproxy", f"bulk (one {BIG_MIB} MiB download)", "bulk")]
+    jobs = [(name, "handshakes (64 clients, new connection each)", "rate") for name, _, _ in SNI_EDGES]
+    if ONLY != "conn":
+        jobs += [("sni-edge", f"bulk (one {BIG_MIB} MiB download)", "bulk"),
+                 ("haproxy", f"bulk (one {BIG_MIB} MiB download)", "bulk")]
     for name, what, kind in jobs:
         ip, port = next((i, p) for n, i, p in TARGETS if n == name)
         data = f"{WORK}/perf-{name}-{kind}.data"
@@ -451,23 +502,146 @@ def profile_runs(procs):
         out.append(f"**{name}, {what}** (perf record -e cpu-clock -F 4000; share of the gateway's CPU samples; "
                    "by binary, then by symbol)\n\n```\n" + "\n".join(lines).rstrip() + "\n```\n")
         log(f"profiled {name} {kind}")
-    out.append(syscall_counts(procs))
+    if ONLY != "conn":
+        out.append(syscall_counts(procs))
     return "\n".join(out)
 
 
-def traced(pids, load):
-    """Runs load() under `perf trace -s` on the given processes; returns {syscall: calls}."""
-    path = f"{WORK}/trace-{pids[0]}.txt"
-    rec = subprocess.Popen(["taskset", "-c", "0", "perf", "trace", "-s", "-p", ",".join(map(str, pids)),
-                            "-o", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# The system calls counted one by one (all of them in the total): the per-connection path of the
+# gateways (a tracepoint each; counting all ~360 at once slows a gateway down several times).
+SYSCALLS = ["accept4", "epoll_wait", "epoll_ctl", "recvfrom", "recvmsg", "read", "sendto", "sendmsg",
+            "writev", "write", "connect", "socket", "getsockname", "getsockopt", "setsockopt", "shutdown",
+            "close", "clock_gettime", "splice", "futex"]
+
+
+def while_recording(argv, load):
+    """Runs load() while the recorder `argv` (perf on CPU 0) runs, then stops the recorder with
+    SIGINT. Returns load's result and whether the recorder finished (and wrote its output)."""
+    rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     units = load()
     time.sleep(0.2)
     rec.send_signal(2)
     try:
         rec.wait(timeout=30)
+        return units, True
     except subprocess.TimeoutExpired:
         rec.kill()
+        return units, False
+
+
+def syscall_tally(pids, load):
+    """Runs load() while `perf stat` counts, in the kernel, the system calls the processes (every
+    thread) enter; returns ({syscall: calls}, load's result). Counts, unlike times, do not depend
+    on machine noise, and counting does not slow the process down as strace would (under strace a
+    gateway is so slow that every ClientHello has long arrived when it accepts)."""
+    path = f"{WORK}/syscalls-{pids[0]}.csv"
+    events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
+    units, done = while_recording(["taskset", "-c", "0", "perf", "stat", "-x,", "-o", path, "-e", ",".join(events),
+                                   "-p", ",".join(map(str, pids))], load)
+    if not done:
+        return {}, units
+    counts = {}
+    for line in open(path).read().splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit() and int(f[0]) > 0:
+            counts[f[2].split(":")[1].removeprefix("sys_enter_")] = int(f[0])
+    # raw_syscalls:sys_enter is every system call: what the named ones leave is "other".
+    total = counts.pop("sys_enter", 0)
+    counts["other"] = max(0, total - sum(counts.values()))
+    return counts, units
+
+
+def callgrind_instructions(name):
+    """User-space instructions per connection of one sni-edge binary under callgrind: a copy on
+    its own port, warmed up, counters zeroed, COUNT_CONNS connections, counters dumped."""
+    port = 448 + [n for n, _, _ in SNI_EDGES].index(name)
+    sni_edge_config(f"{WORK}/{name}-callgrind.json", port)
+    out = f"{WORK}/callgrind-{name}.out"
+    p = start(f"{name}-callgrind", NS_G, 1, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                             BINARY[name], "run", "--config", f"{WORK}/{name}-callgrind.json"])
+    wait_listen(f"{name}-callgrind", NS_G, GW, port, p)
+    tlsload("rate", GW, port, SNI, 1, 20, 50, 0)
+    subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, timeout=60)
+    n = tlsload("rate", GW, port, SNI, 1, 120, COUNT_CONNS, 0)["ok"]
+    subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, timeout=60)
+    p.terminate()
+    p.wait(timeout=60)
+    dumps = sorted((f for f in os.listdir(WORK) if f.startswith(f"callgrind-{name}.out.")),
+                   key=lambda f: os.path.getmtime(f"{WORK}/{f}"))
+    if not dumps or not n:
+        return None, ""
+    cost = self_instructions(f"{WORK}/{dumps[0]}")
+    total = sum(cost.values())
+    rows = [f"{v / n:>9,.0f} {100 * v / total:5.1f}%  {f[:100]}" for f, v in cost.most_common(20)]
+    return (total / n if total else None), "\n".join(rows)
+
+
+def self_instructions(path):
+    """{function: instructions spent in its own code} from a callgrind dump (callgrind_annotate of
+    Debian 12 attributes a zeroed-then-dumped profile to `clone`; the file itself is right)."""
+    import collections
+    names, cost, fn, inclusive_next = {}, collections.Counter(), None, False
+    for line in open(path, errors="replace"):
+        m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if m:
+            if m.group(3):
+                names[m.group(2)] = m.group(3)
+            if m.group(1) == "fn":
+                fn = names.get(m.group(2), m.group(2))
+        elif line.startswith("calls="):
+            inclusive_next = True  # the next cost line is the callee's, not this function's
+        elif line[:1] in "+-*0123456789" and fn and len(line.split()) >= 2:
+            if inclusive_next:
+                inclusive_next = False
+            else:
+                cost[fn] += int(line.split()[1])
+    return cost
+
+
+# The system calls of a connection's set-up and tear-down (not of moving its bytes), which the
+# bench holds sni-edge to: with one client, one accept and one EAGAIN accept, the two sockets'
+# registration and deregistration, socket, connect, SO_ERROR, TCP_NODELAY, one shutdown for the
+# half-close, two closes. Measured: 15 before issue 12's changes, 13 after.
+SETUP_SYSCALLS = ("accept4", "epoll_ctl", "socket", "connect", "getsockopt", "setsockopt", "getsockname",
+                  "shutdown", "close")
+SETUP_BOUND = 13.05
+
+
+def connection_counts(procs, R):
+    """Per new connection, for every gateway: system calls (perf stat, one client and 64 clients)
+    and, with BENCH_CALLGRIND=1, sni-edge's user-space instructions. Outside the figures."""
+    rows, notes = [], []
+    for name, ip, port in GATEWAYS:
+        pl = tree(procs[name].pid)
+        cells = []
+        for conc in (1, 64):
+            c, n = syscall_tally(pl, lambda: tlsload("rate", ip, port, SNI, conc, 60, COUNT_CONNS, 0)["ok"])
+            if n:
+                R[name].setdefault(f"sys_c{conc}", []).append({k: v / n for k, v in c.items()})
+            total = sum(c.values()) / n if n else 0
+            most = [kv for kv in sorted(c.items(), key=lambda kv: -kv[1]) if kv[1] / n >= 0.05]
+            cells.append(f"**{total:.1f}** (" + ", ".join(f"{k} {v / n:.2f}" for k, v in most) + ")" if n else "–")
+        ir = ""
+        if CALLGRIND and name in BINARY:
+            per, top = callgrind_instructions(name)
+            ir = f"{per:,.0f}" if per else "–"
+            notes.append(f"**{name}**, callgrind: instructions per connection in each function's own code:"
+                         f"\n\n```\n{top}\n```\n")
+        rows.append(f"| {name} | {cells[0]} | {cells[1]} | {ir} |")
+        log(f"counted {name}")
+    return ("\n**Per new connection** (system calls counted by perf stat over %d connections, every thread; user-space instructions "
+            "from callgrind with BENCH_CALLGRIND=1; outside the figures)\n\n"
+            "| Gateway | system calls, 1 client | system calls, 64 clients | instructions (user space) |\n"
+            "|---|---|---|---:|\n" % COUNT_CONNS + "\n".join(rows) + "\n\n" + "\n".join(notes))
+
+
+def traced(pids, load):
+    """Runs load() under `perf trace -s` on the given processes; returns {syscall: calls}."""
+    path = f"{WORK}/trace-{pids[0]}.txt"
+    units, done = while_recording(["taskset", "-c", "0", "perf", "trace", "-s", "-p", ",".join(map(str, pids)),
+                                   "-o", path], load)
+    if not done:
         return {}, units
     counts = {}
     for m in re.finditer(r"^\s+(\w+)\s+(\d+)\s+\d+\s+[\d.]+", open(path).read(), re.M):
@@ -507,11 +681,13 @@ ROWS = [
     ("p0_c1_ttfb50", "Added TTFB p50, µs (sequential)", "{:.0f}", "added"),
     ("p0_c1_ttfb99", "Added TTFB p99, µs (sequential)", "{:.0f}", "added"),
     ("p0_c64_cpu_us", "Gateway CPU per connection, µs", "{:.0f}", "gw"),
+    ("p0_c64_csw", "Gateway context switches per connection", "{:.2f}", "gw"),
     ("p{PAD}_c1_rate", "2-segment hello: connections/s, 1 client", "{:.0f}", "abs"),
     ("p{PAD}_c64_rate", "2-segment hello: connections/s, 64 clients", "{:.0f}", "abs"),
     ("p{PAD}_c1_ttfb50", "2-segment hello: added TTFB p50, µs", "{:.0f}", "added"),
     ("p{PAD}_c1_ttfb99", "2-segment hello: added TTFB p99, µs", "{:.0f}", "added"),
     ("p{PAD}_c64_cpu_us", "2-segment hello: gateway CPU per connection, µs", "{:.0f}", "gw"),
+    ("p{PAD}_c64_csw", "2-segment hello: gateway context switches per connection", "{:.2f}", "gw"),
     ("bulk1_mbps", "Bulk, 1 download, MB/s", "{:.0f}", "abs"),
     (f"bulk{PARALLEL}_mbps", f"Bulk, {PARALLEL} parallel downloads, MB/s", "{:.0f}", "abs"),
     ("bulk1_cpu_gb", "Gateway CPU s per GB, 1 download", "{:.2f}", "gw"),
@@ -535,7 +711,10 @@ def table(R):
             if kind == "added":
                 v = None if v is None or d is None else v - d
             values[(key, name)] = v
+        if all(values[(key, name)] is None for name in names) and not (kind == "added" and d is not None):
+            continue  # a figure this run did not measure (BENCH_ONLY)
         h = values[(key, "haproxy")]
+        b = values.get((key, "sni-edge-before"))
         for name in names:
             v = values[(key, name)]
             if kind == "added" and name == "direct":
@@ -550,6 +729,8 @@ def table(R):
                 ratios.append(f"{v / d:.2f}×d")
             if name != "haproxy" and name != "direct" and h:
                 ratios.append(f"{v / h:.2f}×h")
+            if name == "sni-edge" and b:
+                ratios.append(f"{v / b:.2f}×b")
             cells.append(s + (f" ({', '.join(ratios)})" if ratios else ""))
         body.append(f"| {label} | " + " | ".join(cells) + " |")
     return head + "\n".join(body) + "\n", values
@@ -586,6 +767,11 @@ def verdicts(values, R):
             continue
         check(all(s < p for p in peers.values()), f"added TTFB {what} below every peer's: sni-edge {s:.0f} µs; "
               + ", ".join(f"{n} {p:.0f}" for n, p in peers.items()))
+    counted = R["sni-edge"].get("sys_c1")
+    if counted:
+        setup = sum(counted[-1].get(k, 0) for k in SETUP_SYSCALLS)
+        check(setup <= SETUP_BOUND, f"set-up and tear-down system calls per connection (1 client, perf stat) "
+              f"≤ {SETUP_BOUND:.0f}: {setup:.2f}")
     errs = []
     for name in R:
         for k, vals in R[name].items():
@@ -611,6 +797,7 @@ def versions():
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
     return [
         f"sni-edge: git {rev}{' + uncommitted changes in src/' if dirty else ''} ({run([SNI_EDGE, '--version'])})",
+    ] + ([f"sni-edge-before (×b): {BASELINE} ({run([BASELINE, '--version'])})"] if BASELINE else []) + [
         f"HAProxy: {run(['haproxy', '-v'])}",
         f"nginx: {run(['nginx', '-v'])}",
         f"sniproxy: {run(['sniproxy', '-V'])}",
@@ -627,13 +814,13 @@ def report(R, segs, started_at, finished_at, load_start, load_end, profile):
     mins = (finished_at - started_at).total_seconds() / 60
     text = f"""# sni-edge benchmark, {date}
 
-Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}.
+Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}{', new connections only (BENCH_ONLY=conn)' if ONLY == 'conn' else ''}.
 Produced by `sudo bench/run.sh`; method in bench/README.md.
 
 {chr(10).join('- ' + v for v in versions())}
 - load average at start {' '.join(load_start)}, at end {' '.join(load_end)} (the machine may be shared)
 
-Cells: median of {REPS} runs; `×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run.
+Cells: median of {REPS} runs; `×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run{', `×b` = sni-edge against sni-edge-before (SNI_EDGE_BASELINE)' if BASELINE else ''}.
 Added TTFB = the target's TTFB minus the direct path's (base shown in the direct column).
 Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {segs[PAD]:.2f}
 (the padded ClientHello is ~{PAD + 500} bytes and crosses a segment boundary).
@@ -658,7 +845,9 @@ Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {se
 ```
 """
     # A quick run is a smoke test: it must not replace the day's published results.
-    name = f"QUICK-{date}.md" if QUICK else f"RESULTS-{date}.md"
+    # Nor must a partial one (BENCH_ONLY=conn).
+    partial = QUICK or ONLY
+    name = f"{'QUICK' if QUICK else 'CONN'}-{date}.md" if partial else f"RESULTS-{date}.md"
     path = f"{BENCH_DIR}/results/{name}"
     write(path, text)
     print(tab)
@@ -668,7 +857,7 @@ Client TCP segments per connection: normal hello {segs[0]:.2f}, padded hello {se
     print(f"\nwritten: bench/results/{name}")
     # Keep the README's copy of the latest table current.
     readme = f"{BENCH_DIR}/README.md"
-    if os.path.exists(readme) and not QUICK:
+    if os.path.exists(readme) and not partial:
         old = open(readme).read()
         new = re.sub(r"(<!-- results:begin -->\n).*?(<!-- results:end -->)",
                      lambda m: m.group(1) + f"From bench/results/RESULTS-{date}.md ({', '.join(versions()[:1])}):\n\n"

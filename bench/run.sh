@@ -5,6 +5,10 @@
 #   sudo bench/run.sh            full run (about 10 minutes), table on stdout and in
 #                                bench/results/RESULTS-<date>.md
 #   BENCH_QUICK=1 bench/run.sh   short smoke run (fewer, shorter rounds; not for publishing)
+#   SNI_EDGE_BASELINE=old/sni-edge bench/run.sh   adds a column "sni-edge-before" for that binary,
+#                                measured in the same rounds (before/after a change)
+#   BENCH_ONLY=conn bench/run.sh the new-connection figures only (TTFB, rates, CPU, context switches,
+#                                system calls per connection); BENCH_CALLGRIND=1 adds instructions
 #
 # Environment: SNI_EDGE (use this binary, skip the build), CARGO_TARGET_DIR (where to build;
 # default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
@@ -37,7 +41,8 @@ ensure_packages() {
   done
   [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
   [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
-  if [ "${BENCH_NO_PROFILE:-0}" != 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+  command -v perf >/dev/null 2>&1 || missing+=(linux-perf)   # profile and system-call counts
+  if [ "${BENCH_CALLGRIND:-0}" = 1 ] && ! command -v callgrind_control >/dev/null 2>&1; then missing+=(valgrind); fi
   [ ${#missing[@]} = 0 ] && return 0
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   log "installing missing packages: ${missing[*]}"
@@ -84,6 +89,11 @@ else
   SNI_EDGE=${CARGO_TARGET_DIR:-$REPO/target}/release/sni-edge
   [ -x "$SNI_EDGE" ] || die "no binary at $SNI_EDGE"
 fi
+if [ -n "${SNI_EDGE_BASELINE:-}" ]; then
+  [ -x "$SNI_EDGE_BASELINE" ] || die "SNI_EDGE_BASELINE=$SNI_EDGE_BASELINE is not an executable"
+  SNI_EDGE_BASELINE=$(realpath "$SNI_EDGE_BASELINE")
+fi
+case ${BENCH_ONLY:-} in ''|conn) ;; *) die "BENCH_ONLY=$BENCH_ONLY: the only partial run is BENCH_ONLY=conn" ;; esac
 gcc -O2 -Wall -o "$WORK/tlsload" "$BENCH_DIR/tlsload.c" -lssl -lcrypto || die "compiling tlsload"
 
 # --- topology ---------------------------------------------------------------------------------
@@ -127,5 +137,5 @@ chmod 755 "$WORK/tls"; chmod 644 "$WORK/tls/"*
 
 # --- measure ----------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-export WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR
+export WORK NS_C NS_G NS_B SNI_EDGE SNI_EDGE_BASELINE REPO BENCH_DIR
 python3 "$BENCH_DIR/bench.py"

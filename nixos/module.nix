@@ -15,39 +15,47 @@ let
   cfg = config.services.sniEdge;
   settingsFormat = pkgs.formats.json { };
 
-  inherit (lib) literalExpression literalMD mkOption types;
+  inherit (lib)
+    literalExpression
+    literalMD
+    mkOption
+    types
+    ;
+  inherit (import ./lib/options.nix { inherit lib settingsFormat; })
+    enumOption
+    strOption
+    durationOption
+    countOption
+    logOption
+    metricsOption
+    configFileOption
+    ;
 
   # Where the service reads its config. A fixed path in /etc (not the store
   # path) keeps the unit file unchanged when only the config changes, so that
   # a config change is a reload (reloadTriggers) and a package change a restart.
   configPath = "/etc/sni-edge/config.json";
 
-  # Optional keys are declared with `default = null`; nulls are dropped so that
-  # an unset option is absent from the file and the binary's default applies.
-  dropNulls =
-    value:
-    if builtins.isAttrs value then
-      lib.mapAttrs (_: dropNulls) (lib.filterAttrs (_: v: v != null) value)
-    else if builtins.isList value then
-      map dropNulls value
-    else
-      value;
+  # The generated JSON, checked by `sni-edge check` at build time.
+  validatedFile = import ./lib/config-file.nix { inherit pkgs lib; } {
+    name = "sni-edge";
+    inherit (cfg) package settings;
+    check = cfg.checkConfig;
+    keyPath = if cfg.tunnelKeyFile != null then ".tunnel.key_file" else null;
+  };
 
-  generatedFile = settingsFormat.generate "sni-edge.json" (dropNulls cfg.settings);
-
-  # Like nixpkgs' vector and caddy modules: run the program's own checker on
-  # the generated file while the system is built, so a bad config fails
-  # nixos-rebuild before anything is switched. Skipped when cross-compiling
-  # (the build machine cannot run the binary), as caddy does for `caddy fmt`.
-  canRunPackage = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
-  validatedFile =
-    if cfg.checkConfig && canRunPackage then
-      pkgs.runCommand "sni-edge-checked.json" { preferLocalBuild = true; } ''
-        ${lib.getExe cfg.package} check --config ${generatedFile}
-        ln -s ${generatedFile} $out
-      ''
-    else
-      generatedFile;
+  # Where systemd puts the tunnel key (LoadCredential=tunnel-key:...) for the
+  # service: $CREDENTIALS_DIRECTORY/tunnel-key.
+  tunnelKeyCredential = "/run/credentials/sni-edge.service/tunnel-key";
+  usesTunnel =
+    lib.any (l: l.protocol == "tunnel") cfg.settings.listeners
+    || lib.any (b: b.agents != null) (lib.attrValues cfg.settings.backends);
+  agentGroups = if cfg.settings.tunnel == null then { } else cfg.settings.tunnel.agents;
+  # Every agent key with the groups that list it.
+  keyGroups = lib.foldlAttrs (
+    acc: group: keys:
+    lib.foldl' (acc': key: acc' // { ${key} = (acc'.${key} or [ ]) ++ [ group ]; }) acc keys
+  ) { } agentGroups;
 
   # Listener addresses are "IP:port" or "[IPv6]:port".
   portOf =
@@ -82,12 +90,16 @@ let
         type = types.enum [
           "tls"
           "http"
+          "tunnel"
         ];
         example = "http";
         description = ''
           `tls`: read the SNI of the ClientHello and pass the TLS stream through
           to the route's backend. `http`: redirect to `https://` and forward
-          ACME http-01 challenges to the route's `acme_backend`.
+          ACME http-01 challenges to the route's `acme_backend`. `tunnel`:
+          where the agents of tunnel mode dial in (see
+          {option}`services.sniEdge.settings.tunnel`); like every listener it
+          is opened by {option}`services.sniEdge.openFirewall`.
         '';
       };
       proxy_protocol_from = mkOption {
@@ -110,7 +122,7 @@ let
       names = mkOption {
         type = types.nullOr (types.listOf types.str);
         default = null;
-        defaultText = literalMD "unset: only {option}`names_file` is used";
+        defaultText = literalMD "unset: only {option}`services.sniEdge.settings.routes.*.names_file` is used";
         example = [
           "blog.example.com"
           "*.kube.example.com"
@@ -183,7 +195,9 @@ let
       timeout = durationOption "2s" "Time one probe may take.";
       rise = countOption 2 "Successful probes in a row that bring a down server back.";
       fall = countOption 3 "Failed probes in a row that take an up server out of rotation.";
-      server_name = strOption "unset: `tls` probes send no SNI" "health.kube.example.com" "Host name sent as SNI by `tls` probes.";
+      server_name =
+        strOption "unset: `tls` probes send no SNI" "health.kube.example.com"
+          "Host name sent as SNI by `tls` probes.";
     };
   };
 
@@ -191,7 +205,9 @@ let
     freeformType = settingsFormat.type;
     options = {
       servers = mkOption {
-        type = types.listOf serverType;
+        type = types.nullOr (types.listOf serverType);
+        default = null;
+        defaultText = literalMD "unset: the backend is a group of tunnel agents (`agents`)";
         example = [
           "192.0.2.20:443"
           {
@@ -201,9 +217,21 @@ let
         ];
         description = ''
           Servers of this backend: `"host:port"` strings or objects with
-          `address` and `max_connections`.
+          `address` and `max_connections`. A backend has either `servers` or
+          `agents`.
         '';
       };
+      agents = strOption "unset: the backend has `servers`" "home" ''
+        Tunnel mode: the connected agents of this group of
+        {option}`services.sniEdge.settings.tunnel.agents` are the servers of
+        this backend; a connection goes to a live agent of the group, and is
+        refused at once when none is connected. Needs `target`.
+      '';
+      target = strOption "unset (needed with `agents`)" "https" ''
+        Tunnel mode: the name of the address in the agents' own `targets`
+        that they connect these streams to (the gateway names it, the agent
+        decides where it is).
+      '';
       proxy_protocol = enumOption [ "none" "v1" "v2" ] "none" "v2" ''
         PROXY protocol header sent before the client's bytes, so the cluster
         sees the client's address. Traefik and nginx read both versions.
@@ -224,8 +252,10 @@ let
         };
         description = ''
           Active health checks of every server of this backend. A server that
-          fails {option}`fall` probes in a row gets no new connections until it
-          passes {option}`rise` in a row; state changes are logged and shown
+          fails {option}`services.sniEdge.settings.backends.<name>.health_check.fall`
+          probes in a row gets no new connections until it passes
+          {option}`services.sniEdge.settings.backends.<name>.health_check.rise`
+          in a row; state changes are logged and shown
           in the `sni_edge_backend_server_up` metric. An empty set (`{ }`)
           turns the checks on with their defaults.
         '';
@@ -233,37 +263,6 @@ let
     };
   };
 
-  # An optional choice: unset (null) leaves the gateway's default.
-  enumOption =
-    values: default: example: description:
-    mkOption {
-      type = types.nullOr (types.enum values);
-      default = null;
-      defaultText = literalMD "unset: `${default}`";
-      inherit example description;
-    };
-
-  # An optional string; defaultText says what unset (null) means.
-  strOption =
-    defaultText: example: description:
-    mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      defaultText = literalMD defaultText;
-      inherit example description;
-    };
-
-  durationOption = default: strOption "unset: `${default}`" default;
-
-  countOption =
-    default: description:
-    mkOption {
-      type = types.nullOr types.ints.positive;
-      default = null;
-      defaultText = literalMD "unset: `${toString default}`";
-      example = default;
-      inherit description;
-    };
 in
 {
   options.services.sniEdge = {
@@ -323,15 +322,29 @@ in
       '';
     };
 
-    configFile = mkOption {
-      type = types.path;
-      readOnly = true;
-      default = validatedFile;
-      defaultText = literalMD "the JSON file generated from {option}`services.sniEdge.settings`";
+    tunnelKeyFile = mkOption {
+      type = types.nullOr (
+        types.pathWith {
+          inStore = false;
+          absolute = true;
+        }
+      );
+      default = null;
+      example = "/var/lib/secrets/sni-edge/tunnel.key";
       description = ''
-        The generated (and, with {option}`services.sniEdge.checkConfig`,
-        checked) config file. The service reads it as {file}`${configPath}`.
+        Tunnel mode: the gateway's private key (made with
+        `sni-edge keygen --out FILE`), a file outside the Nix store readable
+        by root. systemd passes it to the service as a credential
+        (`LoadCredential=tunnel-key:...`), so the service's dynamic user never
+        reads the file itself; {option}`services.sniEdge.settings.tunnel`
+        points at the credential. Setting it turns on tunnel mode's settings.
       '';
+    };
+
+    configFile = configFileOption {
+      default = validatedFile;
+      prefix = "services.sniEdge";
+      path = configPath;
     };
 
     settings = mkOption {
@@ -430,6 +443,57 @@ in
             refuse them, which is what an allow list wants.
           '';
 
+          tunnel = mkOption {
+            default = null;
+            defaultText = literalMD "unset: no tunnel mode";
+            example = literalExpression ''
+              {
+                agents.home = [ "sni-edge-key:..." "sni-edge-key:..." ];
+              }
+            '';
+            description = ''
+              Tunnel mode: agents at home dial out to a `tunnel` listener, and
+              backends with `agents` send their connections through them.
+              Required when a `tunnel` listener or an `agents` backend exists.
+              Its `key_file` is set to the systemd credential of
+              {option}`services.sniEdge.tunnelKeyFile`.
+            '';
+            type = types.nullOr (
+              types.submodule {
+                freeformType = settingsFormat.type;
+                options = {
+                  key_file = mkOption {
+                    type = types.str;
+                    default = tunnelKeyCredential;
+                    description = ''
+                      The gateway's private key as the service sees it: the
+                      credential that {option}`services.sniEdge.tunnelKeyFile`
+                      is loaded as. Leave it.
+                    '';
+                  };
+                  agents = mkOption {
+                    type = types.attrsOf (types.listOf types.str);
+                    default = { };
+                    example = {
+                      home = [
+                        "sni-edge-key:0J9lZ8Dw1bNkCEoS0t7sUHuUyTAhBSGyyStDA_KcsXk"
+                        "sni-edge-key:7wX2fQpJm3kG9LrT0aBcDeFgHiJkLmNoPqRsTuVwXyZ"
+                      ];
+                    };
+                    description = ''
+                      Agent groups: name -> the public keys (`sni-edge pubkey`)
+                      of the agents allowed to connect as that group. Only
+                      these keys are accepted; a key belongs to one group only.
+                    '';
+                  };
+                  handshake_timeout = durationOption "5s" "Time an agent's connection may take to authenticate.";
+                  keepalive_interval = durationOption "1s" "Time between keepalives on an agent's session.";
+                  keepalive_timeout = durationOption "4s" "An agent silent this long is taken as dead.";
+                };
+              }
+            );
+          };
+
           timeouts = mkOption {
             default = { };
             description = "Timeouts, as humantime strings (`250ms`, `5s`, `15m`).";
@@ -458,52 +522,12 @@ in
             };
           };
 
-          metrics = mkOption {
-            default = null;
-            defaultText = literalMD "unset: no metrics endpoint";
-            example = {
-              address = "127.0.0.1:9113";
-            };
-            description = ''
-              Prometheus metrics endpoint: any GET on this address returns the
-              metrics in the text format (connections by route and outcome,
-              bytes, backend servers up, reloads). The gateway binds it
-              itself, also with socket activation; it is never opened in the
-              firewall.
-            '';
-            type = types.nullOr (
-              types.submodule {
-                freeformType = settingsFormat.type;
-                options.address = mkOption {
-                  type = types.str;
-                  example = "127.0.0.1:9113";
-                  description = "Socket address of the metrics endpoint. It is never opened in the firewall.";
-                };
-              }
-            );
+          metrics = metricsOption {
+            example = "127.0.0.1:9113";
+            what = "connections by route and outcome, bytes, backend servers up, reloads";
           };
 
-          log = mkOption {
-            default = { };
-            description = "Logging.";
-            type = types.submodule {
-              freeformType = settingsFormat.type;
-              options = {
-                level = enumOption [
-                  "trace"
-                  "debug"
-                  "info"
-                  "warn"
-                  "error"
-                ] "info" "debug" "Log level.";
-                format = enumOption [
-                  "auto"
-                  "text"
-                  "journald"
-                ] "auto" "text" "Log format; `auto` is journald fields under systemd, else text.";
-              };
-            };
-          };
+          log = logOption;
         };
       };
     };
@@ -514,9 +538,11 @@ in
       let
         backendNames = lib.attrNames cfg.settings.backends;
         hasBackend = name: lib.elem name backendNames;
-        routeLabel = i: r: "services.sniEdge.settings.routes.${toString i}${
-          lib.optionalString (r.name != null) " (${r.name})"
-        }";
+        routeLabel =
+          i: r:
+          "services.sniEdge.settings.routes.${toString i}${
+            lib.optionalString (r.name != null) " (${r.name})"
+          }";
         forRoutes = f: lib.imap0 f cfg.settings.routes;
       in
       [
@@ -560,9 +586,31 @@ in
         }
       )
       ++ lib.mapAttrsToList (name: b: {
-        assertion = b.servers != [ ];
+        assertion = b.agents == null -> b.servers != null && b.servers != [ ];
         message = "services.sniEdge.settings.backends.${name}.servers must not be empty.";
-      }) cfg.settings.backends;
+      }) cfg.settings.backends
+      ++ lib.mapAttrsToList (name: b: {
+        assertion = b.agents != null -> b.servers == null && b.target != null;
+        message = "services.sniEdge.settings.backends.${name} has agents, so it needs target and no servers.";
+      }) cfg.settings.backends
+      ++ lib.mapAttrsToList (name: b: {
+        assertion = b.agents != null -> agentGroups ? ${b.agents};
+        message = "services.sniEdge.settings.backends.${name}.agents = \"${toString b.agents}\" is not one of services.sniEdge.settings.tunnel.agents (${lib.concatStringsSep ", " (lib.attrNames agentGroups)}).";
+      }) cfg.settings.backends
+      ++ [
+        {
+          assertion = (usesTunnel || cfg.settings.tunnel != null) -> cfg.tunnelKeyFile != null;
+          message = "services.sniEdge: tunnel mode (a listener with protocol = \"tunnel\", a backend with agents, or settings.tunnel) needs services.sniEdge.tunnelKeyFile, the gateway's private key from `sni-edge keygen`.";
+        }
+        {
+          assertion = cfg.tunnelKeyFile != null -> usesTunnel;
+          message = "services.sniEdge.tunnelKeyFile is set, but no listener has protocol = \"tunnel\" and no backend has agents.";
+        }
+      ]
+      ++ lib.mapAttrsToList (key: groups: {
+        assertion = lib.length groups == 1;
+        message = "services.sniEdge.settings.tunnel.agents: the key ${key} is in several groups (${lib.concatStringsSep ", " groups}); a key belongs to one group.";
+      }) keyGroups;
 
     warnings =
       lib.optional
@@ -573,6 +621,10 @@ in
         "services.sniEdge: a route has an acme_backend but no listener has protocol = \"http\", so ACME http-01 challenges never reach it.";
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall listenerPorts;
+
+    # Tunnel mode: tunnelKeyFile brings the `tunnel` section (with key_file
+    # at the credential), so its other keys are optional.
+    services.sniEdge.settings.tunnel = lib.mkIf (cfg.tunnelKeyFile != null) { };
 
     environment.etc."sni-edge/config.json".source = validatedFile;
 
@@ -621,7 +673,12 @@ in
       # keeps queueing connections meanwhile.
       stopIfChanged = lib.mkIf cfg.socketActivation false;
 
-      serviceConfig = {
+      # Hardening (nixos/lib/hardening.nix). CAP_NET_BIND_SERVICE is needed
+      # without socket activation to bind ports below 1024, and kept with it:
+      # systemd passes the sockets its socket unit holds, but a listener added
+      # by a later switch is bound by the gateway itself until the socket unit
+      # is restarted (see socketActivation).
+      serviceConfig = import ./lib/hardening.nix { capabilities = [ "CAP_NET_BIND_SERVICE" ]; } // {
         # The gateway says READY=1 once it listens, RELOADING=1 then READY=1
         # around a reload and STOPPING=1 on SIGTERM.
         Type = "notify";
@@ -636,50 +693,9 @@ in
         ];
         Restart = "on-failure";
         RestartSec = "2s";
-
-        # Hardening, after nixpkgs' rathole module.
-        DynamicUser = true;
-        # Needed without socket activation to bind ports below 1024, and kept
-        # with it: systemd passes the sockets its socket unit holds, but a
-        # listener added by a later switch is bound by the gateway itself
-        # until the socket unit is restarted (see socketActivation).
-        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
-        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
-        NoNewPrivileges = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        PrivateDevices = true;
-        PrivateMounts = true;
-        PrivateTmp = true;
-        # PrivateUsers = true would break AmbientCapabilities=CAP_NET_BIND_SERVICE.
-        ProcSubset = "pid";
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHome = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        ProtectProc = "invisible";
-        ProtectSystem = "strict";
-        RemoveIPC = true;
-        # AF_UNIX: journald, nscd for DNS names of backend servers, sd_notify.
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-        UMask = "0077";
-        # Two descriptors per relayed connection.
-        LimitNOFILE = 1048576;
+        # Read by systemd as root and handed to the dynamic user under
+        # $CREDENTIALS_DIRECTORY; the key never enters the Nix store.
+        LoadCredential = lib.mkIf (cfg.tunnelKeyFile != null) "tunnel-key:${toString cfg.tunnelKeyFile}";
       };
     };
   };

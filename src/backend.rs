@@ -206,7 +206,7 @@ impl Backend {
     }
 
     async fn connect_one(&self, server: &Server) -> io::Result<(TcpStream, SocketAddr)> {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+        let mut last = None;
         for addr in server.address.resolve().await? {
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
@@ -214,11 +214,12 @@ impl Backend {
                     stream.set_nodelay(true)?;
                     return Ok((stream, addr));
                 }
-                Ok(Err(e)) => last = e,
-                Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
             }
         }
-        Err(last)
+        // Made only when needed: an io::Error with a message allocates.
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")))
     }
 }
 

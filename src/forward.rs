@@ -42,8 +42,7 @@ pub async fn forward(
     // Boxed, like every phase before the relay, so that its state is freed
     // once done instead of being reserved for the connection's whole life.
     let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
-    let mut first = proxy_header::encode(backend.proxy_protocol, client_addr, local);
-    first.extend_from_slice(&already_read);
+    let first = proxy_header::encode_before(backend.proxy_protocol, client_addr, local, &already_read);
     Box::pin(upstream.stream.write_all(&first)).await?;
     cx.counters.up.fetch_add(already_read.len() as u64, Ordering::Relaxed);
     Ok(upstream)

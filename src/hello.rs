@@ -13,7 +13,8 @@
 //! ambiguity is a way for two parsers to see two different names.
 
 use crate::names::{HostName, NameError, Requested};
-use tls_parser::{parse_tls_client_hello_extensions, parse_tls_handshake_client_hello};
+use std::borrow::Cow;
+use tls_parser::{parse_tls_client_hello_extension, parse_tls_handshake_client_hello};
 
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
@@ -63,18 +64,22 @@ pub fn parse(buf: &[u8]) -> Result<Option<ClientHello>, HelloError> {
     let Some((message, len)) = reassemble(buf)? else {
         return Ok(None);
     };
-    let server_name = server_name(message)?;
+    let server_name = server_name(&message)?;
     Ok(Some(ClientHello { server_name, len }))
 }
 
+/// A whole handshake message body, and how many input bytes its records took.
+type Reassembled<'a> = (Cow<'a, [u8]>, usize);
+
 /// Collects the handshake message from consecutive records. Returns the
 /// message body (after its 4-byte header) and how many input bytes the
-/// records took, or `None` while it is still incomplete.
+/// records took, or `None` while it is still incomplete. A message in one
+/// record, the common case, is borrowed from `buf` rather than copied.
 ///
-/// This runs again after every read, so until the message is complete only
-/// its 4-byte header is copied: a large hello arriving in many reads is not
-/// copied again at each one.
-fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
+/// This runs again after every read, so until a message spread over several
+/// records is complete only its 4-byte header is copied: a large hello
+/// arriving in many reads is not copied again at each one.
+fn reassemble(buf: &[u8]) -> Result<Option<Reassembled<'_>>, HelloError> {
     // The first bytes of the payload (up to the handshake header), and how
     // many payload bytes there are in all.
     let mut payload: Vec<u8> = Vec::new();
@@ -92,6 +97,11 @@ fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
         let record_len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         let start = pos + RECORD_HEADER_LEN;
         let available = &buf[start..buf.len().min(start + record_len)];
+        if pos == 0 && available.len() == record_len {
+            if let Some(message) = whole_message(available)? {
+                return Ok(Some((Cow::Borrowed(message), start + record_len)));
+            }
+        }
         let head_missing = HANDSHAKE_HEADER_LEN.saturating_sub(payload.len());
         payload.extend_from_slice(&available[..available.len().min(head_missing)]);
         payload_len += available.len();
@@ -113,7 +123,7 @@ fn reassemble(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HelloError> {
         pos = start + record_len;
         if let Some(total) = wanted {
             if payload_len >= total {
-                return Ok(Some((message(buf, pos, total), pos)));
+                return Ok(Some((Cow::Owned(message(buf, pos, total)), pos)));
             }
         }
     }
@@ -136,6 +146,20 @@ fn message(buf: &[u8], end: usize, total: usize) -> Vec<u8> {
     payload
 }
 
+/// The message body when `record` (a whole first record) holds all of the
+/// handshake message; `None` when it continues in the next record.
+fn whole_message(record: &[u8]) -> Result<Option<&[u8]>, HelloError> {
+    let [kind, l0, l1, l2, body @ ..] = record else { return Ok(None) };
+    if *kind != HANDSHAKE_TYPE_CLIENT_HELLO {
+        return Err(HelloError::NotClientHello);
+    }
+    let len = usize::from(*l0) << 16 | usize::from(*l1) << 8 | usize::from(*l2);
+    if len > MAX_HELLO_LEN {
+        return Err(HelloError::TooLarge(len));
+    }
+    Ok(body.get(..len))
+}
+
 /// Checks whichever of the 5 header bytes are present.
 fn check_record_header(header: &[u8]) -> Result<(), HelloError> {
     match *header {
@@ -152,23 +176,30 @@ fn check_record_header(header: &[u8]) -> Result<(), HelloError> {
     }
 }
 
-fn server_name(message: Vec<u8>) -> Result<Requested, HelloError> {
+fn server_name(message: &[u8]) -> Result<Requested, HelloError> {
     let (rest, hello) =
-        parse_tls_handshake_client_hello(&message).map_err(|_| HelloError::Malformed("ClientHello body"))?;
+        parse_tls_handshake_client_hello(message).map_err(|_| HelloError::Malformed("ClientHello body"))?;
     if !rest.is_empty() {
         return Err(HelloError::Malformed("bytes after the extensions"));
     }
     let Some(extensions) = hello.ext else {
         return Ok(Requested::NoName);
     };
-    // tls-parser stops quietly at the first extension it cannot parse; a
-    // non-empty rest is how that shows, and it means the block is bad.
-    let (rest, _) = parse_tls_client_hello_extensions(extensions).map_err(|_| HelloError::Malformed("extensions"))?;
-    if !rest.is_empty() {
-        return Err(HelloError::Malformed("extension block"));
+    // Every extension must parse (tls-parser's checks of each one's content),
+    // one by one rather than into a list that is not kept. As with
+    // tls-parser's list parser, a failure inside an extension is "extensions"
+    // and one that stops the walk is "extension block".
+    let mut rest = extensions;
+    while !rest.is_empty() {
+        rest = match parse_tls_client_hello_extension(rest) {
+            Ok((rest, _)) => rest,
+            Err(tls_parser::Err::Failure(_)) => return Err(HelloError::Malformed("extensions")),
+            Err(_) => return Err(HelloError::Malformed("extension block")),
+        };
     }
     let mut found = None;
-    let mut seen = Vec::new();
+    // Room for a browser's extensions without growing.
+    let mut seen = Vec::with_capacity(32);
     for (kind, data) in raw_extensions(extensions) {
         // RFC 8446 §4.2: no extension type may appear twice.
         if seen.contains(&kind) {

@@ -86,7 +86,7 @@ fn run(path: PathBuf, log_level: Option<LogLevel>) -> anyhow::Result<()> {
     let (soft, hard) = sni_edge::limits::raise_open_files_limit().context("reading the open files limit")?;
     tracing::info!(soft, hard, max_connections = config.limits.max_connections(), "open files limit");
     config.limits.check_descriptors(soft).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = runtime().context("starting the runtime")?;
     runtime.block_on(async {
         // Sockets from a systemd socket unit, if any, are used for their addresses.
         let inherited = sni_edge::systemd::inherited_listeners().context("taking sockets from systemd")?;
@@ -109,4 +109,18 @@ fn run(path: PathBuf, log_level: Option<LogLevel>) -> anyhow::Result<()> {
         });
         server::run(Some(path), config, listeners, requests).await
     })
+}
+
+/// With one CPU (a one-vCPU VPS, or a process pinned with taskset) tokio's
+/// current-thread scheduler: every task runs on this thread, with none of the
+/// multi-thread scheduler's bookkeeping per task poll and no hand-over to a
+/// worker thread. With more CPUs, the multi-thread scheduler, a worker each.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
 }

@@ -26,6 +26,12 @@ pub enum Version {
 /// unspecified address of the client's family, which keeps the source, the
 /// one thing backends use.
 pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    encode_before(version, client, local, &[])
+}
+
+/// [`encode`]'s header followed by `payload`, in one buffer allocated once
+/// at its final size: what a connection writes upstream first.
+pub fn encode_before(version: Version, client: SocketAddr, local: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let client = unmap(client);
     let local = match (client.ip(), unmap(local).ip()) {
         (IpAddr::V4(_), IpAddr::V4(ip)) => SocketAddr::new(ip.into(), local.port()),
@@ -33,18 +39,26 @@ pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
         (IpAddr::V4(_), IpAddr::V6(_)) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), local.port()),
         (IpAddr::V6(_), IpAddr::V4(_)) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), local.port()),
     };
-    match version {
-        Version::None => Vec::new(),
-        Version::V1 => ppp::v1::Addresses::from((client, local)).to_string().into_bytes(),
+    let mut out = match version {
+        Version::None => Vec::with_capacity(payload.len()),
+        Version::V1 => {
+            let mut line = Vec::with_capacity(V1_MAX_LEN + payload.len());
+            // Writing into a Vec cannot fail.
+            let _ = std::io::Write::write_fmt(&mut line, format_args!("{}", ppp::v1::Addresses::from((client, local))));
+            line
+        }
         Version::V2 => ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
             (client, local),
         )
+        .reserve_capacity(payload.len())
         .build()
         // The builder only fails when writing into its own Vec fails.
         .expect("a PROXY v2 header fits in memory"),
-    }
+    };
+    out.extend_from_slice(payload);
+    out
 }
 
 /// The header of a connection the gateway makes on its own behalf (a health
@@ -207,6 +221,19 @@ mod tests {
         ]
         .concat();
         assert_eq!(encode(Version::V2, addr("[2001:db8::10]:51234"), addr("[2001:db8::1]:443")), v6);
+    }
+
+    #[test]
+    fn the_payload_follows_the_header_in_one_allocation() {
+        let payload = [22, 3, 1, 0, 5, 1, 2, 3, 4, 5];
+        for version in [Version::None, Version::V1, Version::V2] {
+            for (client, local) in
+                [("203.0.113.10:40000", "198.51.100.1:443"), ("[2001:db8::10]:1", "[2001:db8::1]:443")]
+            {
+                let first = encode_before(version, addr(client), addr(local), &payload);
+                assert_eq!(first, [encode(version, addr(client), addr(local)), payload.to_vec()].concat());
+            }
+        }
     }
 
     #[test]

@@ -124,11 +124,16 @@ impl Future for Relay<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let mut moved = false;
-        for (direction, count) in [(&mut *this.up, &this.counters.up), (&mut *this.down, &this.counters.down)] {
+        for up in [true, false] {
+            let (direction, other, count) = if up {
+                (&mut *this.up, &*this.down, &this.counters.up)
+            } else {
+                (&mut *this.down, &*this.up, &this.counters.down)
+            };
             if direction.done {
                 continue;
             }
-            match direction.poll_move(cx, count) {
+            match direction.poll_move(cx, count, other.done) {
                 Progress::Moved => moved = true,
                 Progress::Waiting => {}
                 Progress::Ended(error) => {
@@ -196,14 +201,15 @@ impl<'a> Direction<'a> {
     }
 
     /// Moves what it can, adding what it reads to `count` as it goes (an
-    /// EOF right after a burst must not lose the burst's count).
+    /// EOF right after a burst must not lose the burst's count). `last`:
+    /// the other direction is over, so this one ending ends the relay.
     ///
     /// A burst is first read into a stack buffer through tokio's read path,
     /// which takes a short read as "drained" and so needs no extra read to
     /// learn that the socket would block: the small records of a handshake
     /// cost one read and one write each. A burst that fills the buffer is
     /// bulk, and the rest of it goes through a pipe with splice.
-    fn poll_move(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Progress {
+    fn poll_move(&mut self, cx: &mut Context<'_>, count: &AtomicU64, last: bool) -> Progress {
         let mut total = 0;
         for _ in 0..BURSTS_PER_POLL {
             // First hand over what is held; only then read more.
@@ -222,8 +228,13 @@ impl<'a> Direction<'a> {
             let read = buf.filled();
             if read.is_empty() {
                 // The sender is done: pass the half-close on. An error here
-                // means the other side is gone already.
-                let _ = socket2::SockRef::from(self.to.as_ref()).shutdown(Shutdown::Write);
+                // means the other side is gone already. When this was the
+                // last direction, both sockets are closed right away and the
+                // close sends the FIN: a shutdown first would be a system
+                // call per connection for nothing.
+                if !last {
+                    let _ = socket2::SockRef::from(self.to.as_ref()).shutdown(Shutdown::Write);
+                }
                 return Progress::Ended(None);
             }
             if self.discard {

@@ -16,6 +16,7 @@ use crate::{health, http, systemd, tls};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,43 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// The socket options a gateway listener gets on top of `bind`'s, whether
+/// bound here or passed by systemd.
+///
+/// TCP_DEFER_ACCEPT: both protocols are client-speaks-first, so the kernel
+/// completes a connection only once its first bytes (the ClientHello, the
+/// request line) have arrived. The gateway then wakes once per connection
+/// instead of once for the accept and again for the data, and a client that
+/// connects and sends nothing costs it nothing: after about a second of
+/// silence the kernel hands the connection over all the same, and the
+/// `client_hello` timeout applies as before (nginx's `deferred`, HAProxy's
+/// `defer-accept`, systemd's `DeferAcceptSec=`).
+pub fn tune_listener(socket: socket2::SockRef<'_>) -> io::Result<()> {
+    socket.set_nodelay(true)?;
+    let seconds: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a c_int option of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new gateway listener: `bind`, then `tune_listener`.
+fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = bind(address)?;
+    tune_listener(socket2::SockRef::from(&socket))?;
+    Ok(socket)
+}
+
 /// Every listener of a config: a socket passed by systemd for its address
 /// if there is one (socket activation), else a new one.
 pub fn bind_all(
@@ -63,10 +101,10 @@ pub fn bind_all(
     for listener in &config.listeners {
         let socket = match inherited.remove(&listener.address) {
             Some(socket) => {
-                socket2::SockRef::from(&socket).set_nodelay(true)?;
+                tune_listener(socket2::SockRef::from(&socket))?;
                 TcpListener::from_std(socket)?
             }
-            None => bind(listener.address)
+            None => bind_listener(listener.address)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", listener.address)))?,
         };
         listeners.insert(listener.address, socket);
@@ -243,8 +281,8 @@ fn reload(
     let mut opened = HashMap::new();
     for listener in &config.listeners {
         if !loops.contains_key(&listener.address) {
-            let socket =
-                bind(listener.address).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
+            let socket = bind_listener(listener.address)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
             opened.insert(listener.address, socket);
         }
     }
@@ -401,7 +439,8 @@ fn connection(
         let up = counters.up.load(Ordering::Relaxed);
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
-        let route = cx.route.get().copied().unwrap_or_default().to_owned();
+        // One owned copy of the route's name serves every label set below.
+        let mut bytes = BytesLabels { route: cx.route.get().copied().unwrap_or_default().to_owned(), direction: "up" };
         let outcome = match &result {
             Ok(Ended::Relayed(_)) => "relayed",
             Ok(Ended::Answered(_)) => "answered",
@@ -411,11 +450,12 @@ fn connection(
             Protocol::Tls => "tls",
             Protocol::Http => "http",
         };
-        metrics.connections.get_or_create(&ConnectionLabels { protocol, route: route.clone(), outcome }).inc();
         if up + down > 0 {
-            metrics.bytes.get_or_create(&BytesLabels { route: route.clone(), direction: "up" }).inc_by(up);
-            metrics.bytes.get_or_create(&BytesLabels { route, direction: "down" }).inc_by(down);
+            metrics.bytes.get_or_create(&bytes).inc_by(up);
+            bytes.direction = "down";
+            metrics.bytes.get_or_create(&bytes).inc_by(down);
         }
+        metrics.connections.get_or_create(&ConnectionLabels { protocol, route: bytes.route, outcome }).inc();
         match result {
             Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
             Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
@@ -513,13 +553,8 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
     }
 
-    /// Every open connection holds its task's future: this is most of what an
-    /// idle relayed connection costs in user space.
-    #[tokio::test]
-    async fn a_connection_future_stays_small() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let config = Config::parse(
+    fn tls_config(address: SocketAddr) -> Config {
+        Config::parse(
             &format!(
                 r#"{{ "listeners": [{{ "address": "{address}", "protocol": "tls" }}],
                      "routes": [{{ "names": ["a.test"], "backend": "b" }}],
@@ -527,7 +562,55 @@ mod tests {
             ),
             Path::new("."),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn defer_accept(socket: &TcpListener) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid descriptor and an int-sized buffer with its size.
+        let got = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    /// TCP_DEFER_ACCEPT, on sockets bound here and on sockets from systemd:
+    /// the gateway is handed a connection once its first bytes are there.
+    #[tokio::test]
+    async fn listeners_hand_over_connections_once_the_client_has_spoken() {
+        let fresh = bind_all(&tls_config("127.0.0.1:0".parse().unwrap()), HashMap::new()).unwrap();
+        assert!(defer_accept(fresh.values().next().unwrap()) > 0, "a new listener without TCP_DEFER_ACCEPT");
+
+        let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        passed.set_nonblocking(true).unwrap();
+        let address = passed.local_addr().unwrap();
+        let mut listeners = bind_all(&tls_config(address), [(address, passed)].into()).unwrap();
+        let listener = listeners.remove(&address).unwrap();
+        assert!(defer_accept(&listener) > 0, "a socket from systemd without TCP_DEFER_ACCEPT");
+
+        // Connected first, but silent: the kernel holds it back.
+        let _silent = TcpStream::connect(address).await.unwrap();
+        let mut speaking = TcpStream::connect(address).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut speaking, b"\x16").await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, speaking.local_addr().unwrap(), "the silent client was handed over first");
+    }
+
+    /// Every open connection holds its task's future: this is most of what an
+    /// idle relayed connection costs in user space.
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = tls_config(address);
         let client = TcpStream::connect(address).await.unwrap();
         let future = connection(client, address, 0, Arc::new(config), Arc::default(), Arc::default());
         let size = std::mem::size_of_val(&future);

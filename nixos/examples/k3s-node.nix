@@ -1,4 +1,4 @@
-# Seed 003 on the cluster side: a k3s server whose bundled Traefik trusts the
+# The cluster side of a gateway setup: a k3s server whose bundled Traefik trusts the
 # PROXY header of the gateway at 192.0.2.1, and only that.
 {
   services.k3s = {

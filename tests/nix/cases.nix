@@ -16,7 +16,7 @@ let
 
   # Documented examples (nixos/examples/), each a valid config that the
   # assertion cases break in one place (see `fails`).
-  seed001 = ../../nixos/examples/seed-001.nix;
+  kubeSuffix = ../../nixos/examples/kube-suffix.nix;
   k3sNode = ../../nixos/examples/k3s-node.nix;
 
   # A case in which `change` makes `example` fire exactly one assertion, the
@@ -56,7 +56,9 @@ let
     if sock == null then
       [ "no socket unit sni-edge although socketActivation is on" ]
     else
-      expect (sock.listenStreams == addresses) "listenStreams are ${show sock.listenStreams}, want ${show addresses}"
+      expect (
+        sock.listenStreams == addresses
+      ) "listenStreams are ${show sock.listenStreams}, want ${show addresses}"
       ++ expect (sock.wantedBy == [ "sockets.target" ]) "the socket's wantedBy is ${show sock.wantedBy}"
       ++ expect (
         sock.socketConfig == {
@@ -67,8 +69,12 @@ let
       ) "socketConfig is ${show sock.socketConfig}"
       ++ expect (svc.requires == [ "sni-edge.socket" ]) "the service requires ${show svc.requires}"
       ++ expect (lib.elem "sni-edge.socket" svc.after) "the service is not after sni-edge.socket: ${show svc.after}"
-      ++ expect (!svc.stopIfChanged) "stopIfChanged is true: a switch would stop the socket with the service"
-      ++ expect (svc.restartTriggers == addresses) "restartTriggers are ${show svc.restartTriggers}, want the listeners";
+      ++ expect (
+        !svc.stopIfChanged
+      ) "stopIfChanged is true: a switch would stop the socket with the service"
+      ++ expect (
+        svc.restartTriggers == addresses
+      ) "restartTriggers are ${show svc.restartTriggers}, want the listeners";
 
   # Without socket activation: no socket unit, the gateway binds alone.
   noSocketChecks =
@@ -76,7 +82,9 @@ let
     let
       svc = config.systemd.services.sni-edge;
     in
-    expect (!(config.systemd.sockets ? sni-edge)) "a socket unit exists although socketActivation = false"
+    expect (
+      !(config.systemd.sockets ? sni-edge)
+    ) "a socket unit exists although socketActivation = false"
     ++ expect (svc.requires == [ ]) "the service requires ${show svc.requires}"
     ++ expect (svc.after == [ "network-online.target" ]) "the service is after ${show svc.after}"
     ++ expect svc.stopIfChanged "stopIfChanged is false without socket activation"
@@ -92,22 +100,32 @@ let
       sc = svc.serviceConfig;
       file = toString config.services.sniEdge.configFile;
     in
-    expect (sc.ExecStart == "${sniEdge} run --config /etc/sni-edge/config.json") "ExecStart is ${show sc.ExecStart}"
+    expect (
+      sc.ExecStart == "${sniEdge} run --config /etc/sni-edge/config.json"
+    ) "ExecStart is ${show sc.ExecStart}"
     ++ expect (
       sc.ExecReload == [
         "${sniEdge} check --config /etc/sni-edge/config.json"
         "/stub/coreutils/bin/kill -HUP $MAINPID"
       ]
     ) "ExecReload is ${show sc.ExecReload}"
-    ++ expect (map toString svc.reloadTriggers == [ file ]) "reloadTriggers is ${show svc.reloadTriggers}"
+    ++ expect (
+      map toString svc.reloadTriggers == [ file ]
+    ) "reloadTriggers is ${show svc.reloadTriggers}"
     ++ expect (
       toString config.environment.etc."sni-edge/config.json".source == file
     ) "/etc/sni-edge/config.json is not the config file"
-    ++ expect (sc.Type == "notify" && sc.NotifyAccess == "main") "Type is ${show sc.Type}, NotifyAccess ${show (sc.NotifyAccess or null)}"
+    ++ expect (
+      sc.Type == "notify" && sc.NotifyAccess == "main"
+    ) "Type is ${show sc.Type}, NotifyAccess ${show (sc.NotifyAccess or null)}"
     ++ expect (svc.wantedBy == [ "multi-user.target" ]) "wantedBy is ${show svc.wantedBy}"
     # Hardening: the keys that matter most by value, the other switches by name.
     ++ lib.concatLists (
-      lib.mapAttrsToList (k: v: expect ((sc.${k} or null) == v) "serviceConfig.${k} is ${show (sc.${k} or null)}, want ${show v}")
+      lib.mapAttrsToList
+        (
+          k: v:
+          expect ((sc.${k} or null) == v) "serviceConfig.${k} is ${show (sc.${k} or null)}, want ${show v}"
+        )
         {
           DynamicUser = true;
           AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
@@ -137,7 +155,11 @@ let
     ++ expect (!(sc ? PrivateUsers)) "PrivateUsers is set: it breaks CAP_NET_BIND_SERVICE"
     ++ (if config.services.sniEdge.socketActivation then socketChecks else noSocketChecks) config;
 
-  ports = want: config: expect (config.networking.firewall.allowedTCPPorts == want) "firewall opens ${show config.networking.firewall.allowedTCPPorts}, want ${show want}";
+  ports =
+    want: config:
+    expect (
+      config.networking.firewall.allowedTCPPorts == want
+    ) "firewall opens ${show config.networking.firewall.allowedTCPPorts}, want ${show want}";
 
   # An enabled gateway from the examples or the lab: the service as promised,
   # 80 and 443 open.
@@ -157,24 +179,28 @@ in
       config:
       expect (!(config.systemd.services ? sni-edge)) "a service exists although enable = false"
       ++ expect (config.systemd.sockets == { }) "a socket unit exists although enable = false"
-      ++ expect (!(config.environment.etc ? "sni-edge/config.json")) "/etc/sni-edge/config.json exists although enable = false"
+      ++ expect (
+        !(config.environment.etc ? "sni-edge/config.json")
+      ) "/etc/sni-edge/config.json exists although enable = false"
       ++ ports [ ] config
       ++ expect (config.services.k3s.manifests == { }) "a k3s manifest exists although k3sTrust is off";
   };
 
-  seed-000 = {
-    modules = [ ../../nixos/examples/seed-000.nix ];
+  allow-list = {
+    modules = [ ../../nixos/examples/allow-list.nix ];
     checks =
       config:
       gatewayChecks config
       ++ expect (
-        lib.hasPrefix "${builtins.storeDir}/" (toString (lib.head config.services.sniEdge.settings.routes).names_file)
+        lib.hasPrefix "${builtins.storeDir}/" (
+          toString (lib.head config.services.sniEdge.settings.routes).names_file
+        )
         || builtins.isPath (lib.head config.services.sniEdge.settings.routes).names_file
       ) "names_file is not a Nix path";
   };
 
-  seed-001 = {
-    modules = [ seed001 ];
+  kube-suffix = {
+    modules = [ kubeSuffix ];
     checks =
       config:
       gatewayChecks config
@@ -187,7 +213,7 @@ in
   # output of the build-time check, whose script runs `sni-edge check` on the
   # generated JSON.
   build-time-check = {
-    modules = [ ../../nixos/examples/seed-000.nix ];
+    modules = [ ../../nixos/examples/allow-list.nix ];
     canExecute = true;
     runCheck = false;
     checks =
@@ -196,7 +222,8 @@ in
         script = builtins.readFile config.services.sniEdge.configFile;
       in
       expect (
-        builtins.match ".*${sniEdge} check --config ${builtins.storeDir}/[a-z0-9]+-sni-edge[.]json\n.*" script != null
+        builtins.match ".*${sniEdge} check --config ${builtins.storeDir}/[a-z0-9]+-sni-edge[.]json\n.*" script
+        != null
       ) "the build-time check does not run `sni-edge check` on the generated file: ${script}"
       ++ serviceChecks config;
   };
@@ -204,7 +231,7 @@ in
   # A names_file outside the store is fine once the build-time check is off.
   names-file-outside-store = {
     modules = [
-      seed001
+      kubeSuffix
       {
         services.sniEdge.checkConfig = false;
         services.sniEdge.settings.routes = lib.mkForce outsideStore;
@@ -222,7 +249,7 @@ in
   # Unset options are absent from the file; freeform keys pass through.
   nulls-dropped = {
     modules = [
-      seed001
+      kubeSuffix
       {
         services.sniEdge.openFirewall = lib.mkForce false;
         services.sniEdge.settings.default_backend = lib.mkForce null;
@@ -256,7 +283,9 @@ in
           max_connections = 128;
         }
       ) "backends.kube.servers is ${show json.backends.kube.servers}"
-      ++ expect (json.timeouts == { } && json.limits == { } && json.log == { }) "unset groups are not empty objects"
+      ++ expect (
+        json.timeouts == { } && json.limits == { } && json.log == { }
+      ) "unset groups are not empty objects"
       ++ expect (!(json ? default_backend) && !(json ? metrics)) "null keys are in the file"
       ++ expect (json.http == { redirect_status = 301; }) "freeform http is ${show (json.http or null)}"
       ++ expect (builtins.length json.listeners == 4) "default listeners are ${show json.listeners}"
@@ -275,7 +304,7 @@ in
   # change of listeners is a reload like any other.
   socket-activation-off = {
     modules = [
-      seed001
+      kubeSuffix
       { services.sniEdge.socketActivation = false; }
     ];
     checks = gatewayChecks;
@@ -284,7 +313,7 @@ in
   # Socket activation with the default listeners: IPv4 and IPv6 on the same
   # ports, which is what BindIPv6Only = "ipv6-only" is for.
   socket-activation-dual-stack = {
-    modules = [ ../../nixos/examples/seed-000.nix ];
+    modules = [ ../../nixos/examples/allow-list.nix ];
     checks =
       config:
       serviceChecks config
@@ -313,7 +342,7 @@ in
     in
     {
       modules = [
-        seed001
+        kubeSuffix
         {
           services.sniEdge.settings = {
             metrics.address = "127.0.0.1:9113";
@@ -329,15 +358,19 @@ in
           json = builtins.fromJSON (builtins.readFile config.services.sniEdge.configFile);
         in
         gatewayChecks config
-        ++ expect (json.metrics == { address = "127.0.0.1:9113"; }) "metrics is ${show (json.metrics or null)}"
         ++ expect (
-          json.backends.kube.health_check == kubeCheck
-        ) "backends.kube.health_check is ${show (json.backends.kube.health_check or null)}"
-        ++ expect (json.backends.kube-acme.health_check == { }) "backends.kube-acme.health_check is ${show (json.backends.kube-acme.health_check or null)}"
+          json.metrics == { address = "127.0.0.1:9113"; }
+        ) "metrics is ${show (json.metrics or null)}"
+        ++
+          expect (json.backends.kube.health_check == kubeCheck)
+            "backends.kube.health_check is ${show (json.backends.kube.health_check or null)}"
+        ++
+          expect (json.backends.kube-acme.health_check == { })
+            "backends.kube-acme.health_check is ${show (json.backends.kube-acme.health_check or null)}"
         ++ expect (!(json.backends.local-https ? health_check)) "an unset health_check is in the file";
     };
 
-  # Seed 003's node: k3sTrust writes the manifest and starts no gateway.
+  # The k3s node example: k3sTrust writes the manifest and starts no gateway.
   k3s-example = {
     modules = [ k3sNode ];
     runCheck = false;
@@ -382,32 +415,42 @@ in
           "198.51.100.0/24"
         ];
       in
-      expect (builtins.attrNames manifests == [ "gateway-trust" ]) "manifests are ${show (builtins.attrNames manifests)}"
-      ++ expect (manifests.gateway-trust.target == "gateway-trust.yaml") "manifest target is ${manifests.gateway-trust.target}"
+      expect (
+        builtins.attrNames manifests == [ "gateway-trust" ]
+      ) "manifests are ${show (builtins.attrNames manifests)}"
+      ++ expect (
+        manifests.gateway-trust.target == "gateway-trust.yaml"
+      ) "manifest target is ${manifests.gateway-trust.target}"
       ++ expect (values.ports.web.proxyProtocol.trustedIPs == want) "web trusts ${show values.ports.web}"
-      ++ expect (values.ports.websecure.proxyProtocol.trustedIPs == want) "websecure trusts ${show values.ports.websecure}";
+      ++ expect (
+        values.ports.websecure.proxyProtocol.trustedIPs == want
+      ) "websecure trusts ${show values.ports.websecure}";
   };
 
   # One case per assertion, each violating it and nothing else.
-  assert-listeners-empty = fails "listeners must not be empty" seed001 {
+  assert-listeners-empty = fails "listeners must not be empty" kubeSuffix {
     services.sniEdge.settings.listeners = [ ];
   };
-  assert-firewall-port = fails "openFirewall needs every listener address to end in `:port`" seed001 {
-    services.sniEdge.openFirewall = true;
-    services.sniEdge.settings.listeners = [
+  assert-firewall-port =
+    fails "openFirewall needs every listener address to end in `:port`" kubeSuffix
       {
-        address = "gateway.test";
-        protocol = "tls";
-      }
-    ];
-  };
-  assert-default-backend = fails "default_backend = \"nowhere\" is not one of" seed001 {
+        services.sniEdge.openFirewall = true;
+        services.sniEdge.settings.listeners = [
+          {
+            address = "gateway.test";
+            protocol = "tls";
+          }
+        ];
+      };
+  assert-default-backend = fails "default_backend = \"nowhere\" is not one of" kubeSuffix {
     services.sniEdge.settings.default_backend = lib.mkForce "nowhere";
   };
-  assert-names-file-outside-store = fails "checkConfig needs every names_file in the Nix store" seed001 {
-    services.sniEdge.settings.routes = lib.mkForce outsideStore;
-  };
-  assert-route-backend = fails "routes.0.backend = \"nowhere\" is not one of" seed001 {
+  assert-names-file-outside-store =
+    fails "checkConfig needs every names_file in the Nix store" kubeSuffix
+      {
+        services.sniEdge.settings.routes = lib.mkForce outsideStore;
+      };
+  assert-route-backend = fails "routes.0.backend = \"nowhere\" is not one of" kubeSuffix {
     services.sniEdge.settings.routes = lib.mkForce [
       {
         names = [ "app.example.test" ];
@@ -415,20 +458,22 @@ in
       }
     ];
   };
-  assert-route-acme-backend = fails "routes.0 (app).acme_backend = \"nowhere\" is not one of" seed001 {
-    services.sniEdge.settings.routes = lib.mkForce [
+  assert-route-acme-backend =
+    fails "routes.0 (app).acme_backend = \"nowhere\" is not one of" kubeSuffix
       {
-        name = "app";
-        names = [ "app.example.test" ];
-        backend = "kube";
-        acme_backend = "nowhere";
-      }
-    ];
-  };
-  assert-route-no-names = fails "routes.0 has neither names nor names_file" seed001 {
+        services.sniEdge.settings.routes = lib.mkForce [
+          {
+            name = "app";
+            names = [ "app.example.test" ];
+            backend = "kube";
+            acme_backend = "nowhere";
+          }
+        ];
+      };
+  assert-route-no-names = fails "routes.0 has neither names nor names_file" kubeSuffix {
     services.sniEdge.settings.routes = lib.mkForce [ { backend = "kube"; } ];
   };
-  assert-backend-servers = fails "backends.kube-acme.servers must not be empty" seed001 {
+  assert-backend-servers = fails "backends.kube-acme.servers must not be empty" kubeSuffix {
     services.sniEdge.settings.backends.kube-acme.servers = lib.mkForce [ ];
   };
   assert-k3s-addresses = fails "gatewayAddresses must not be empty" k3sNode {
@@ -446,7 +491,7 @@ in
 
   warn-acme-without-http = {
     modules = [
-      seed001
+      kubeSuffix
       {
         services.sniEdge.settings.listeners = [
           {

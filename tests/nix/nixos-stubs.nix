@@ -2,8 +2,10 @@
 # nixos/k3s-traefik.nix set or read, so both modules can be evaluated with
 # nothing but nixpkgs' lib/ (nix-community/nixpkgs.lib). Each type mirrors the
 # real declaration in nixpkgs; the file each one was read from is named above
-# it. Options the modules do not touch are left out on purpose: a module that
-# starts setting one fails here until it is declared, with its real type.
+# it. Also the options the VM tests' nodes (tests/vm/) set, so that their node
+# configurations evaluate here too. Options neither touches are left out on
+# purpose: a module or node that starts setting one fails here until it is
+# declared, with its real type.
 #
 # Also a stand-in for the few parts of `pkgs` the modules use. `formats.json`
 # keeps the real type (pkgs/pkgs-lib/formats.nix) but writes the file with
@@ -35,8 +37,7 @@ let
   checkService =
     v:
     let
-      valueOneOf =
-        name: values: !(v ? ${name}) || lib.elem v.${name} values;
+      valueOneOf = name: values: !(v ? ${name}) || lib.elem v.${name} values;
     in
     valueOneOf "Type" [
       "exec"
@@ -180,6 +181,82 @@ let
       config.target = lib.mkDefault name;
     };
 
+  # nixos/modules/services/web-servers/nginx/vhost-options.nix and
+  # location-options.nix: the parts tests/vm/gateway.nix sets.
+  nginxVhost = {
+    options = {
+      serverName = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      serverAliases = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      default = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      onlySSL = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      # The real ones are types.path without a default (nginx reads them only
+      # for SSL hosts); null here stands for unset, because check.sh forces
+      # every value of a VM node's config.
+      sslCertificate = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+      };
+      sslCertificateKey = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+      };
+      listen = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              addr = mkOption { type = types.str; };
+              port = mkOption {
+                type = types.nullOr types.port;
+                default = null;
+              };
+              ssl = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              proxyProtocol = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              extraParameters = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+            };
+          }
+        );
+        default = [ ];
+      };
+      locations = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.return = mkOption {
+              type =
+                with types;
+                nullOr (oneOf [
+                  str
+                  int
+                ]);
+              default = null;
+            };
+          }
+        );
+        default = { };
+      };
+    };
+  };
+
   # nixos/modules/services/cluster/rancher/default.nix (manifestModule); the
   # real one renders `content` with pkgs.formats.yaml_1_2, here JSON (a YAML
   # subset) written with builtins.toFile.
@@ -211,14 +288,11 @@ let
             name + ".yaml"
         );
         source = lib.mkIf (config.content != null) (
-          lib.mkDerivedConfig options.content (
-            c: builtins.toFile "${name}-manifest.yaml" (builtins.toJSON c)
-          )
+          lib.mkDerivedConfig options.content (c: builtins.toFile "${name}-manifest.yaml" (builtins.toJSON c))
         );
       };
     };
-in
-{
+
   module = {
     options = {
       # nixos/modules/misc/assertions.nix
@@ -238,6 +312,116 @@ in
         type = types.listOf types.port;
         default = [ ];
         apply = ports: lib.unique (builtins.sort builtins.lessThan ports);
+      };
+
+      # nixos/modules/config/system-path.nix, nixos/modules/config/shells-environment.nix
+      environment.systemPackages = mkOption {
+        type = types.listOf types.package;
+        default = [ ];
+      };
+      environment.sessionVariables = mkOption {
+        type =
+          with types;
+          attrsOf (oneOf [
+            (listOf (oneOf [
+              int
+              str
+              path
+            ]))
+            int
+            str
+            path
+          ]);
+        default = { };
+      };
+
+      # nixos/modules/services/networking/firewall.nix
+      networking.firewall.enable = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      networking.firewall.trustedInterfaces = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+
+      # nixos/modules/system/boot/systemd/tmpfiles.nix
+      systemd.tmpfiles.rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+
+      # nixos/modules/tasks/network-interfaces.nix (interfaceOpts, addrOpts)
+      networking.interfaces = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.ipv4.addresses = mkOption {
+              type = types.listOf (
+                types.submodule {
+                  options = {
+                    address = mkOption { type = types.str; };
+                    prefixLength = mkOption { type = types.addCheck types.int (n: n >= 0 && n <= 32); };
+                  };
+                }
+              );
+              default = [ ];
+            };
+          }
+        );
+        default = { };
+      };
+
+      # nixos/modules/virtualisation/qemu-vm.nix
+      virtualisation = {
+        vlans = mkOption {
+          type = types.listOf types.ints.unsigned;
+          default = [ 1 ];
+        };
+        memorySize = mkOption {
+          type = types.ints.positive;
+          default = 1024;
+        };
+        diskSize = mkOption {
+          type = types.ints.positive;
+          default = 1024;
+        };
+        cores = mkOption {
+          type = types.ints.positive;
+          default = 1;
+        };
+      };
+
+      # nixos/modules/system/activation/specialisation.nix; check.sh evaluates
+      # each specialisation's configuration as a node of its own.
+      specialisation = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options = {
+              inheritParentConfig = mkOption {
+                type = types.bool;
+                default = true;
+              };
+              configuration = mkOption {
+                type = types.deferredModule;
+                default = { };
+              };
+            };
+          }
+        );
+        default = { };
+      };
+
+      # nixos/modules/services/web-servers/nginx/default.nix
+      services.nginx = {
+        enable = lib.mkEnableOption "nginx";
+        appendHttpConfig = mkOption {
+          type = types.lines;
+          default = "";
+        };
+        virtualHosts = mkOption {
+          type = types.attrsOf (types.submodule nginxVhost);
+          default = { };
+        };
       };
 
       # nixos/modules/system/etc/etc.nix
@@ -261,6 +445,22 @@ in
       # nixos/modules/services/cluster/rancher/default.nix and k3s.nix
       services.k3s = {
         enable = lib.mkEnableOption "k3s";
+        package = mkOption {
+          type = types.package;
+          default = pkgsStub.k3s;
+        };
+        nodeIP = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+        };
+        extraFlags = mkOption {
+          type = with types; either str (listOf str);
+          default = [ ];
+        };
+        images = mkOption {
+          type = types.listOf types.package;
+          default = [ ];
+        };
         role = mkOption {
           type = types.enum [
             "server"
@@ -312,7 +512,16 @@ in
           generate = name: value: builtins.toFile name (builtins.toJSON value);
         };
 
-      runCommand = name: _env: script: builtins.toFile name script;
+      # The one derivation whose output is read at evaluation time (the VM
+      # tunnel test's keys, read back with import from derivation) cannot be
+      # built here: its output is a fixture with public keys of the same form.
+      runCommand =
+        name: _env: script:
+        if name == "sni-edge-tunnel-test-keys" then
+          ./fixtures/tunnel-test-keys
+        else
+          builtins.toFile name script;
+      writeText = name: text: builtins.toFile name text;
 
       stdenv = {
         buildPlatform.canExecute = _: canExecute;
@@ -322,11 +531,67 @@ in
       coreutils = "/stub/coreutils";
 
       # Stands in for the package the flake builds.
-      sni-edge = {
+      sni-edge = pkgsStub.sni-edge;
+
+      # What flake.nix, nixos/package.nix and the VM tests take from nixpkgs.
+      # callPackage as nixpkgs' (lib.callPackageWith): the function's named
+      # arguments from the package set, overridden by the given ones.
+      callPackage =
+        fn: args:
+        let
+          f = if builtins.isFunction fn then fn else import fn;
+        in
+        f (
+          builtins.intersectAttrs (lib.functionArgs f) (pkgs {
+            inherit canExecute;
+          })
+          // args
+        );
+      inherit lib;
+      # Records its arguments; never reads `src` (lib.fileset needs
+      # builtins.readFileType, which Nix 2.8 lacks).
+      rustPlatform.buildRustPackage = attrs: {
         type = "derivation";
-        name = "sni-edge-stub";
-        outPath = "/stub/sni-edge";
-        meta.mainProgram = "sni-edge";
+        name = "${attrs.pname}-${attrs.version}";
+        outPath = "/stub/${attrs.pname}-${attrs.version}";
+        inherit (attrs) pname version meta;
+        # A function, so that forcing the whole package (deepSeq) leaves src alone.
+        passthru.buildRustPackageArgs = _: attrs;
       };
+      dockerTools.buildImage = attrs: {
+        type = "derivation";
+        name = "docker-image-${baseNameOf attrs.name}.tar.gz";
+        outPath = "/stub/docker-image";
+        imageName = attrs.name;
+        imageTag = attrs.tag;
+      };
+      jq = stubPackage "jq" // {
+        meta.mainProgram = "jq";
+      };
+      openssl = stubPackage "openssl";
+      kubectl = stubPackage "kubectl";
+      whoami = stubPackage "whoami";
+      k3s = pkgsStub.k3s;
     };
+
+  stubPackage = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/stub/${name}";
+  };
+
+  pkgsStub = {
+    sni-edge = {
+      type = "derivation";
+      name = "sni-edge-stub";
+      outPath = "/stub/sni-edge";
+      meta.mainProgram = "sni-edge";
+    };
+    k3s = stubPackage "k3s" // {
+      airgap-images = stubPackage "k3s-airgap-images";
+    };
+  };
+in
+{
+  inherit module pkgs;
 }

@@ -7,7 +7,14 @@
 
 let
   common = import ./lib/common.nix { inherit pkgs lib; };
-  inherit (common) gatewayPublic gatewayHome clientAddress backendAddress address route;
+  inherit (common)
+    gatewayPublic
+    gatewayHome
+    clientAddress
+    backendAddress
+    address
+    route
+    ;
 
   certs = common.certs [
     "app.example.test"
@@ -85,7 +92,8 @@ in
               proxyProtocol = true;
             }
           ];
-          locations."/.well-known/acme-challenge/".return = ''200 "acme $uri client=$remote_addr via=$realip_remote_addr\n"'';
+          locations."/.well-known/acme-challenge/".return =
+            ''200 "acme $uri client=$remote_addr via=$realip_remote_addr\n"'';
         };
       };
     };

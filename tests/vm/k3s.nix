@@ -1,4 +1,4 @@
-# The whole path of seed 003: a client on the public network (vlan 1), the
+# The whole path from the internet to a k3s service: a client on the public network (vlan 1), the
 # sni-edge gateway, and a k3s server (vlan 2) with its bundled Traefik and
 # ServiceLB, configured by services.sniEdge.k3sTrust. A small echo service
 # (traefik/whoami, deployed by manifest) reports the request as Traefik passes
@@ -8,20 +8,10 @@
 
 let
   common = import ./lib/common.nix { inherit pkgs lib; };
-  inherit (common) gatewayPublic gatewayHome clientAddress address;
-  # The k3s server is the gateway's backend.
-  nodeAddress = common.backendAddress;
+  inherit (common) gatewayHome;
 
   certs = common.certs [ "app.example.test" ];
 
-  whoamiImage = pkgs.dockerTools.buildImage {
-    name = "test.local/whoami";
-    tag = "local";
-    copyToRoot = [ pkgs.whoami ];
-    config.Entrypoint = [ "/bin/whoami" ];
-  };
-
-  labels."app.kubernetes.io/name" = "whoami";
 in
 {
   name = "sni-edge-k3s";
@@ -30,101 +20,25 @@ in
     inherit (common) client;
     gateway = common.gateway [ "app.example.test" ];
 
+    # The k3s server is the gateway's backend (common.backendAddress).
     node =
-      { config, pkgs, ... }:
+      { config, ... }:
       {
-        imports = [ (address "eth1" nodeAddress) ];
-        virtualisation.vlans = [ 2 ];
-        # As nixpkgs' own k3s tests (nixos/tests/rancher/default.nix).
-        virtualisation = {
-          memorySize = 2048;
-          diskSize = 4096;
-          cores = 2;
-        };
-        environment.systemPackages = [ pkgs.kubectl ];
-        environment.sessionVariables.KUBECONFIG = "/etc/rancher/k3s/k3s.yaml";
+        imports = [ common.k3sNode ];
         networking.firewall.enable = false;
 
         services.k3s = {
-          enable = true;
-          role = "server";
-          nodeIP = nodeAddress;
           # Traefik and ServiceLB stay on: they are what this test is about.
           disable = [
             "coredns"
             "local-storage"
             "metrics-server"
           ];
-          # The test driver's default route is on eth0; the cluster lives on eth1.
-          extraFlags = [ "--flannel-iface eth1" ];
           images = [
             config.services.k3s.package.airgap-images
-            whoamiImage
+            common.whoami.image
           ];
-          manifests.whoami.content = [
-            {
-              apiVersion = "apps/v1";
-              kind = "Deployment";
-              metadata.name = "whoami";
-              spec = {
-                selector.matchLabels = labels;
-                template = {
-                  metadata = { inherit labels; };
-                  spec.containers = [
-                    {
-                      name = "whoami";
-                      image = "${whoamiImage.imageName}:${whoamiImage.imageTag}";
-                      imagePullPolicy = "Never";
-                      ports = [ { containerPort = 80; } ];
-                    }
-                  ];
-                };
-              };
-            }
-            {
-              apiVersion = "v1";
-              kind = "Service";
-              metadata.name = "whoami";
-              spec = {
-                selector = labels;
-                ports = [
-                  {
-                    port = 80;
-                    targetPort = 80;
-                  }
-                ];
-              };
-            }
-            {
-              apiVersion = "networking.k8s.io/v1";
-              kind = "Ingress";
-              metadata.name = "whoami";
-              spec = {
-                ingressClassName = "traefik";
-                tls = [
-                  {
-                    hosts = [ "app.example.test" ];
-                    secretName = "app-tls";
-                  }
-                ];
-                rules = [
-                  {
-                    host = "app.example.test";
-                    http.paths = [
-                      {
-                        path = "/";
-                        pathType = "Prefix";
-                        backend.service = {
-                          name = "whoami";
-                          port.number = 80;
-                        };
-                      }
-                    ];
-                  }
-                ];
-              };
-            }
-          ];
+          manifests.whoami.content = common.whoami.manifests;
         };
 
         services.sniEdge.k3sTrust = {
@@ -135,17 +49,6 @@ in
   };
 
   testScript = ''
-    https = (
-        "curl --fail --silent --show-error --max-time 10"
-        " --resolve app.example.test:443:${gatewayPublic} --cacert ${certs}/ca.pem"
-        " https://app.example.test/"
-    )
-    acme = (
-        "curl --fail --silent --show-error --max-time 10"
-        " --resolve app.example.test:80:${gatewayPublic}"
-        " http://app.example.test/.well-known/acme-challenge/token-k3s"
-    )
-
     start_all()
     gateway.wait_for_unit("sni-edge.service")
     node.wait_for_unit("k3s.service")
@@ -173,22 +76,9 @@ in
         )
         node.wait_until_succeeds("kubectl rollout status deployment whoami", timeout=300)
 
-    with subtest("the client reaches the service by name through the gateway and is seen as itself"):
-        client.wait_until_succeeds(https, timeout=300)
-        # whoami prints the request's headers one per line, as Traefik sent them.
-        lines = client.succeed(https).splitlines()
-        t.assertIn("X-Real-Ip: ${clientAddress}", lines)
-        t.assertIn("X-Forwarded-For: ${clientAddress}", lines)
-
-    with subtest("ACME http-01 on port 80 reaches the service with the client's address too"):
-        lines = client.succeed(acme).splitlines()
-        t.assertIn("GET /.well-known/acme-challenge/token-k3s HTTP/1.1", lines)
-        t.assertIn("X-Real-Ip: ${clientAddress}", lines)
-
-    with subtest("other names get nothing"):
-        client.fail(
-            "curl --fail --silent --max-time 10 --insecure"
-            " --resolve evil.example.test:443:${gatewayPublic} https://evil.example.test/"
-        )
+    ${common.whoamiSubtests {
+      inherit certs;
+      token = "token-k3s";
+    }}
   '';
 }

@@ -84,4 +84,142 @@ rec {
       };
     };
   };
+
+  # traefik/whoami, an echo service that prints the request as Traefik passed
+  # it on (its headers, one per line), behind a TLS Ingress for
+  # app.example.test (Secret app-tls, made by the test), as manifests for
+  # services.k3s.manifests; its image is loaded from the store, never pulled.
+  whoami = rec {
+    image = pkgs.dockerTools.buildImage {
+      name = "test.local/whoami";
+      tag = "local";
+      copyToRoot = [ pkgs.whoami ];
+      config.Entrypoint = [ "/bin/whoami" ];
+    };
+    labels."app.kubernetes.io/name" = "whoami";
+    manifests = [
+      {
+        apiVersion = "apps/v1";
+        kind = "Deployment";
+        metadata.name = "whoami";
+        spec = {
+          selector.matchLabels = labels;
+          template = {
+            metadata = { inherit labels; };
+            spec.containers = [
+              {
+                name = "whoami";
+                image = "${image.imageName}:${image.imageTag}";
+                imagePullPolicy = "Never";
+                ports = [ { containerPort = 80; } ];
+              }
+            ];
+          };
+        };
+      }
+      {
+        apiVersion = "v1";
+        kind = "Service";
+        metadata.name = "whoami";
+        spec = {
+          selector = labels;
+          ports = [
+            {
+              port = 80;
+              targetPort = 80;
+            }
+          ];
+        };
+      }
+      {
+        apiVersion = "networking.k8s.io/v1";
+        kind = "Ingress";
+        metadata.name = "whoami";
+        spec = {
+          ingressClassName = "traefik";
+          tls = [
+            {
+              hosts = [ "app.example.test" ];
+              secretName = "app-tls";
+            }
+          ];
+          rules = [
+            {
+              host = "app.example.test";
+              http.paths = [
+                {
+                  path = "/";
+                  pathType = "Prefix";
+                  backend.service = {
+                    name = "whoami";
+                    port.number = 80;
+                  };
+                }
+              ];
+            }
+          ];
+        };
+      }
+    ];
+  };
+
+  # A k3s server on the home network (vlan 2) at backendAddress, as nixpkgs'
+  # own k3s tests size it (nixos/tests/rancher/default.nix), with kubectl.
+  k3sNode =
+    { pkgs, ... }:
+    {
+      imports = [ (address "eth1" backendAddress) ];
+      virtualisation.vlans = [ 2 ];
+      virtualisation = {
+        memorySize = 2048;
+        diskSize = 4096;
+        cores = 2;
+      };
+      environment.systemPackages = [ pkgs.kubectl ];
+      environment.sessionVariables.KUBECONFIG = "/etc/rancher/k3s/k3s.yaml";
+      services.k3s = {
+        enable = true;
+        role = "server";
+        nodeIP = backendAddress;
+        # The test driver's default route is on eth0; the cluster lives on eth1.
+        extraFlags = [ "--flannel-iface eth1" ];
+      };
+    };
+
+  # What a user of the whoami service behind the gateway observes, as test
+  # script: the page by name with their own address (X-Real-Ip, set by
+  # Traefik from the PROXY header), ACME http-01 on port 80 likewise, and
+  # nothing for another name. `token` names the ACME request of this test.
+  whoamiSubtests =
+    { certs, token }:
+    ''
+      https = (
+          "curl --fail --silent --show-error --max-time 10"
+          " --resolve app.example.test:443:${gatewayPublic} --cacert ${certs}/ca.pem"
+          " https://app.example.test/"
+      )
+      acme = (
+          "curl --fail --silent --show-error --max-time 10"
+          " --resolve app.example.test:80:${gatewayPublic}"
+          " http://app.example.test/.well-known/acme-challenge/${token}"
+      )
+
+      with subtest("the client reaches the service by name through the gateway and is seen as itself"):
+          client.wait_until_succeeds(https, timeout=300)
+          # whoami prints the request's headers one per line, as Traefik sent them.
+          lines = client.succeed(https).splitlines()
+          t.assertIn("X-Real-Ip: ${clientAddress}", lines)
+          t.assertIn("X-Forwarded-For: ${clientAddress}", lines)
+
+      with subtest("ACME http-01 on port 80 reaches the service with the client's address too"):
+          lines = client.succeed(acme).splitlines()
+          t.assertIn("GET /.well-known/acme-challenge/${token} HTTP/1.1", lines)
+          t.assertIn("X-Real-Ip: ${clientAddress}", lines)
+
+      with subtest("other names get nothing"):
+          client.fail(
+              "curl --fail --silent --max-time 10 --insecure"
+              " --resolve evil.example.test:443:${gatewayPublic} https://evil.example.test/"
+          )
+    '';
 }

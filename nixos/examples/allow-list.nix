@@ -1,6 +1,7 @@
-# Seed 000: HAProxy on a VPS passes TLS for an allow list of names through to a
-# home k3s cluster, refuses every other name and redirects port 80 to https.
-# The whole setup with sni-edge:
+# An allow list in front of a home k3s cluster: TLS for the names listed in
+# allowed-domains.txt passes through to the cluster, every other name is
+# refused, and port 80 redirects to https (the job often done by HAProxy on a
+# VPS).
 {
   services.sniEdge = {
     enable = true;

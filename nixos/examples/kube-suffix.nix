@@ -1,4 +1,4 @@
-# Seed 001: every name under *.kube.example.com goes to three Kubernetes nodes,
+# Every name under *.kube.example.com goes to three Kubernetes nodes,
 # at most 128 connections each; their ACME http-01 challenges go to the nodes
 # too; all other names go on to a local TLS-terminating proxy, which learns the
 # client's address from a PROXY v2 header.
