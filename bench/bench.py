@@ -255,23 +255,34 @@ backend bench
 """)
 
 
-def sni_edge_conf(**parts):
+# The load comes from one address: the per-client limits are raised out of the way.
+# max_connections must fit the descriptors (2 each, 192 kept) or a build that checks it refuses
+# to start. max_pending_per_client is newer than some builds measured as a baseline.
+LIMITS = {"max_connections": max(1000, min(40_000, (FD_MAX - 192) // 2)),
+          "max_pending_handshakes": 4000, "max_connections_per_client": 40000}
+NEW_LIMITS = {"max_pending_per_client": 4000}
+
+
+def sni_edge_conf(new_limits=True, **parts):
     """A gateway config: one route for SNI to the backend `bench`; log, timeouts and limits as
     every measured sni-edge has them."""
     return json.dumps({
         "log": {"level": "warn", "format": "text"},
         "routes": [{"names": [SNI], "backend": "bench"}],
         "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
-                   "max_connections_per_client": 40000},
+        "limits": {**LIMITS, **(NEW_LIMITS if new_limits else {})},
         **parts,
     }, indent=2)
 
 
-def sni_edge_direct_conf(path, port):
-    """sni-edge in direct mode on GW:port: the gateway connects to the backend, PROXY v2."""
-    write(path, sni_edge_conf(listeners=[{"address": f"{GW}:{port}", "protocol": "tls"}],
-                              backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
+def sni_edge_direct_conf(path, port, binary):
+    """sni-edge in direct mode on GW:port: the gateway connects to the backend, PROXY v2. A build
+    that refuses the newer limit keys (unknown keys are errors) gets the config without them."""
+    for new_limits in (True, False):
+        write(path, sni_edge_conf(new_limits, listeners=[{"address": f"{GW}:{port}", "protocol": "tls"}],
+                                  backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
+        if subprocess.run([binary, "check", "--config", path], capture_output=True).returncode == 0:
+            return
 
 
 def configs():
@@ -285,7 +296,7 @@ def configs():
     ingress_conf("backend", f"    listen {BE}:443 ssl proxy_protocol backlog=65535;   # behind a gateway: PROXY v1 or v2\n"
                             f"    listen {BE}:8443 ssl backlog=65535;                 # the direct path")
     for name, _, port in SNI_EDGES:
-        sni_edge_direct_conf(f"{WORK}/{name}.json", port)
+        sni_edge_direct_conf(f"{WORK}/{name}.json", port, BINARY[name])
     if TUNNEL:
         return tunnel_configs()
     for d in ("nginx-gw", "sniproxy"):

@@ -514,9 +514,10 @@ in
             type = types.submodule {
               freeformType = settingsFormat.type;
               options = {
-                max_connections = countOption 20000 "Connections open at once, all listeners together.";
-                max_pending_handshakes = countOption 2000 "Connections that have not yet sent a complete ClientHello or request head.";
-                max_connections_per_client = countOption 512 "Connections open at once from one client address.";
+                max_connections = countOption 20000 "Connections open at once, all listeners together; unset, 20000 or what the open files limit holds (2 per connection, 192 kept), if less. A value that cannot fit stops the service from starting.";
+                max_pending_handshakes = countOption 2000 "Per listener, connections that have not yet sent a complete ClientHello or request head; when full, the oldest of the client holding the most is closed.";
+                max_pending_per_client = countOption 64 "Pending connections of one client on one listener.";
+                max_connections_per_client = countOption 512 "Connections open at once from one client (an IPv4 address, an IPv6 /64).";
               };
             };
           };

@@ -131,6 +131,8 @@ pub struct Upstream {
 pub enum ConnectError {
     #[error("every server of backend {backend} fails its health checks")]
     AllDown { backend: String },
+    #[error("the gateway is out of a resource: {error}")]
+    Local { error: io::Error },
     #[error("every server of backend {backend} is at max_connections")]
     Full { backend: String },
     #[error("no server of backend {backend} answered (last: {server}: {error})")]
@@ -185,6 +187,10 @@ impl Backend {
                     metrics.connect_seconds.get_or_create(labels).observe(started.elapsed().as_secs_f64());
                     tracing::Span::current().record("server", tracing::field::display(address));
                     return Ok(Upstream { stream, _slot: slot });
+                }
+                Err(error) if crate::limits::is_local_resource_error(&error) => {
+                    // Not the server's fault, and the next would fail alike.
+                    return Err(ConnectError::Local { error });
                 }
                 Err(error) => {
                     metrics.connect_failures.get_or_create(labels).inc();

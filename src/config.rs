@@ -49,6 +49,10 @@ struct RawListener {
     protocol: Protocol,
     #[serde(default)]
     proxy_protocol_from: Vec<IpNet>,
+    /// Acknowledges a `proxy_protocol_from` that covers every address
+    /// (anyone reaching the listener may then claim any client address).
+    #[serde(default)]
+    proxy_protocol_from_anyone: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,17 +199,41 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Connections open at once, all listeners together.
-    pub max_connections: usize,
-    /// Connections that have not yet sent a complete ClientHello or request head.
+    /// Connections open at once, all listeners together. Unset: 20,000, or
+    /// fewer if the open files limit cannot hold that many (see
+    /// [`Limits::max_connections`]).
+    #[serde(rename = "max_connections")]
+    pub max_connections_set: Option<usize>,
+    /// Per listener, connections that have not yet sent a complete
+    /// ClientHello or request head. When full, the oldest pending connection
+    /// of the client holding the most is closed to make room.
     pub max_pending_handshakes: usize,
-    /// Connections open at once from one client address.
+    /// Pending connections of one client on one listener.
+    pub max_pending_per_client: usize,
+    /// Connections open at once from one client.
     pub max_connections_per_client: usize,
+    /// What counts as one client: IPv4 addresses with this prefix in common.
+    pub client_prefix_v4: u8,
+    /// What counts as one client: IPv6 addresses with this prefix in common
+    /// (a subscriber usually has a whole /64).
+    pub client_prefix_v6: u8,
+    /// Bytes all unfinished ClientHellos and request heads together may
+    /// hold beyond the first 16 KiB of each (which every connection may
+    /// always use).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 20_000, max_pending_handshakes: 2_000, max_connections_per_client: 512 }
+        Limits {
+            max_connections_set: None,
+            max_pending_handshakes: 2_000,
+            max_pending_per_client: 64,
+            max_connections_per_client: 512,
+            client_prefix_v4: 32,
+            client_prefix_v6: 64,
+            max_buffered_bytes: 64 << 20,
+        }
     }
 }
 
@@ -213,6 +241,61 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     pub address: SocketAddr,
+}
+
+/// The longest any duration setting may be. The gateway computes deadlines
+/// as now plus a setting, which must not overflow; a year is beyond any
+/// sensible timeout or interval.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn check_duration(place: impl Into<String>, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(error(place, "must be longer than zero"));
+    }
+    if value > MAX_DURATION {
+        return Err(error(place, "must be at most 365 days"));
+    }
+    Ok(())
+}
+
+/// Refuses addresses that pass parsing but that `run` could not all bind:
+/// an IPv4-mapped IPv6 address (listeners' IPv6 sockets take IPv6 only), and
+/// a wildcard and a specific address of one family on the same port (the
+/// wildcard already holds every address of that port).
+/// `addresses` are (what, address) pairs, such as ("listeners[0]", ..).
+fn check_addresses(addresses: &[(String, SocketAddr)]) -> Result<(), ConfigError> {
+    for (i, (what, address)) in addresses.iter().enumerate() {
+        let place = format!("{what}.address");
+        if let std::net::IpAddr::V6(ip) = address.ip() {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Err(error(
+                    &place,
+                    format!(
+                        "{address} is an IPv4-mapped IPv6 address, which an IPv6-only socket cannot listen on; write {}",
+                        SocketAddr::new(v4.into(), address.port())
+                    ),
+                ));
+            }
+        }
+        for (other_place, other) in &addresses[..i] {
+            if other == address {
+                return Err(error(place, format!("{address} is already {other_place}")));
+            }
+            let clash = other.port() == address.port()
+                && other.is_ipv4() == address.is_ipv4()
+                && (other.ip().is_unspecified() || address.ip().is_unspecified());
+            if clash {
+                return Err(error(
+                    place,
+                    format!(
+                        "{address} and {other_place} ({other}) share a port, and one is a wildcard address, which \
+                         already takes that port on every address: keep the wildcard alone, or list specific addresses only"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -316,11 +399,23 @@ impl RawConfig {
         if self.listeners.is_empty() {
             return Err(error("listeners", "at least one listener is needed"));
         }
+        let mut addresses: Vec<(String, SocketAddr)> =
+            self.listeners.iter().enumerate().map(|(i, l)| (format!("listeners[{i}]"), l.address)).collect();
+        if let Some(metrics) = &self.metrics {
+            addresses.push(("metrics".to_owned(), metrics.address));
+        }
+        check_addresses(&addresses)?;
         for (i, listener) in self.listeners.iter().enumerate() {
-            if let Some(j) = self.listeners[..i].iter().position(|l| l.address == listener.address) {
+            let everyone = listener.proxy_protocol_from.iter().position(|net| net.prefix_len() == 0);
+            if let (Some(k), false) = (everyone, listener.proxy_protocol_from_anyone) {
                 return Err(error(
-                    format!("listeners[{i}].address"),
-                    format!("{} is already listeners[{j}]", listener.address),
+                    format!("listeners[{i}].proxy_protocol_from[{k}]"),
+                    format!(
+                        "{} lets anyone who reaches the listener claim any client address; list the load \
+                         balancer's addresses, or set listeners[{i}].proxy_protocol_from_anyone: true if only \
+                         trusted load balancers can reach it",
+                        listener.proxy_protocol_from[k]
+                    ),
                 ));
             }
         }
@@ -330,23 +425,34 @@ impl RawConfig {
         if self.http.max_request_bytes < 256 {
             return Err(error("http.max_request_bytes", "must be at least 256"));
         }
+        if self.limits.max_connections_set == Some(0) {
+            return Err(error("limits.max_connections", "must be at least 1"));
+        }
         for (key, value) in [
-            ("limits.max_connections", self.limits.max_connections),
             ("limits.max_pending_handshakes", self.limits.max_pending_handshakes),
+            ("limits.max_pending_per_client", self.limits.max_pending_per_client),
             ("limits.max_connections_per_client", self.limits.max_connections_per_client),
         ] {
             if value == 0 {
                 return Err(error(key, "must be at least 1"));
             }
         }
+        if !(1..=32).contains(&self.limits.client_prefix_v4) {
+            return Err(error("limits.client_prefix_v4", "must be from 1 to 32"));
+        }
+        if !(1..=128).contains(&self.limits.client_prefix_v6) {
+            return Err(error("limits.client_prefix_v6", "must be from 1 to 128"));
+        }
         for (key, value) in [
             ("timeouts.client_hello", self.timeouts.client_hello),
             ("timeouts.idle", self.timeouts.idle),
             ("timeouts.http_request", self.timeouts.http_request),
         ] {
-            if value.is_zero() {
-                return Err(error(key, "must be longer than zero"));
-            }
+            check_duration(key, value)?;
+        }
+        // Zero is a valid drain: stop at once.
+        if self.timeouts.shutdown > MAX_DURATION {
+            return Err(error("timeouts.shutdown", "must be at most 365 days"));
         }
 
         let mut backends = BTreeMap::new();
@@ -435,9 +541,7 @@ impl RawBackend {
         if self.servers.is_empty() {
             return Err(error(format!("{place}.servers"), "at least one server is needed"));
         }
-        if self.connect_timeout.is_zero() {
-            return Err(error(format!("{place}.connect_timeout"), "must be longer than zero"));
-        }
+        check_duration(format!("{place}.connect_timeout"), self.connect_timeout)?;
         let mut servers = Vec::new();
         for (i, raw) in self.servers.into_iter().enumerate() {
             let (text, max_connections) = match raw {
@@ -453,9 +557,8 @@ impl RawBackend {
         }
         if let Some(check) = &self.health_check {
             let place = format!("{place}.health_check");
-            if check.interval.is_zero() || check.timeout.is_zero() {
-                return Err(error(place, "interval and timeout must be longer than zero"));
-            }
+            check_duration(format!("{place}.interval"), check.interval)?;
+            check_duration(format!("{place}.timeout"), check.timeout)?;
             if check.rise == 0 || check.fall == 0 {
                 return Err(error(place, "rise and fall must be at least 1"));
             }

@@ -3,10 +3,10 @@
 //! and the bytes read so far in one write. The relay itself is run by the
 //! server, outside these futures, so that their state is gone by then.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Upstream};
 use crate::config::{Config, Listener};
 use crate::metrics::Metrics;
-use crate::outcome::{Refusal, Served};
+use crate::outcome::Refusal;
 use crate::proxy_header;
 use crate::relay::Counters;
 use std::net::SocketAddr;
@@ -38,12 +38,12 @@ pub async fn forward(
     (client_addr, local): (SocketAddr, SocketAddr),
     backend: &Backend,
     already_read: Vec<u8>,
-) -> Result<Served, Refusal> {
+) -> Result<Upstream, Refusal> {
     // Boxed, like every phase before the relay, so that its state is freed
     // once done instead of being reserved for the connection's whole life.
     let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
     let first = proxy_header::encode_before(backend.proxy_protocol, client_addr, local, &already_read);
     Box::pin(upstream.stream.write_all(&first)).await?;
     cx.counters.up.fetch_add(already_read.len() as u64, Ordering::Relaxed);
-    Ok(Served::Forwarded(upstream))
+    Ok(upstream)
 }

@@ -9,6 +9,7 @@
 use crate::backend::{Backend, Server};
 use crate::config::Config;
 use crate::hello;
+use crate::limits::is_local_resource_error;
 use crate::metrics::Metrics;
 use crate::proxy_header;
 use serde::Deserialize;
@@ -90,7 +91,14 @@ async fn watch(backend: Arc<Backend>, index: usize, check: HealthCheck, metrics:
     loop {
         ticks.tick().await;
         let result = match tokio::time::timeout(check.timeout, probe(&backend, server, &check)).await {
-            Ok(result) => result,
+            Ok(Err(ProbeError::Local(error))) => {
+                // Out of descriptors or memory here says nothing of the
+                // server: this probe does not count either way.
+                tracing::warn!(backend = %backend.name, server = %server.address, %error, "health check skipped: the gateway is out of a resource");
+                continue;
+            }
+            Ok(Err(ProbeError::Failed(error))) => Err(error),
+            Ok(Ok(())) => Ok(()),
             Err(_) => Err(format!("no answer within {:?}", check.timeout)),
         };
         let up = server.is_up();
@@ -119,21 +127,45 @@ async fn watch(backend: Arc<Backend>, index: usize, check: HealthCheck, metrics:
     }
 }
 
-async fn probe(backend: &Backend, server: &Server, check: &HealthCheck) -> Result<(), String> {
-    let addresses = server.address.resolve().await.map_err(|e| e.to_string())?;
-    let address = addresses.first().ok_or("the name resolved to no address")?;
-    let mut stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+/// Why a probe did not succeed.
+enum ProbeError {
+    /// The gateway itself is out of a resource (see `is_local_resource_error`).
+    Local(std::io::Error),
+    /// The server failed the check.
+    Failed(String),
+}
+
+impl From<std::io::Error> for ProbeError {
+    fn from(error: std::io::Error) -> Self {
+        if is_local_resource_error(&error) {
+            ProbeError::Local(error)
+        } else {
+            ProbeError::Failed(error.to_string())
+        }
+    }
+}
+
+impl From<String> for ProbeError {
+    fn from(error: String) -> Self {
+        ProbeError::Failed(error)
+    }
+}
+
+async fn probe(backend: &Backend, server: &Server, check: &HealthCheck) -> Result<(), ProbeError> {
+    let addresses = server.address.resolve().await?;
+    let address = addresses.first().ok_or_else(|| "the name resolved to no address".to_owned())?;
+    let mut stream = TcpStream::connect(address).await?;
     let mut probe = proxy_header::encode_local(backend.proxy_protocol);
     if check.kind == CheckKind::Tls {
         probe.extend_from_slice(&hello::build(check.server_name.as_deref()));
     }
-    stream.write_all(&probe).await.map_err(|e| e.to_string())?;
+    stream.write_all(&probe).await?;
     if check.kind == CheckKind::Tls {
         let mut record = [0u8; 5];
         stream.read_exact(&mut record).await.map_err(|e| format!("no TLS answer: {e}"))?;
         // A handshake (22) or alert (21) record of TLS 1.x: a TLS server answered.
         if !matches!(record, [21 | 22, 3, ..]) {
-            return Err(format!("not a TLS answer: {record:02x?}"));
+            return Err(format!("not a TLS answer: {record:02x?}").into());
         }
     }
     Ok(())

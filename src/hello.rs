@@ -75,8 +75,15 @@ type Reassembled<'a> = (Cow<'a, [u8]>, usize);
 /// message body (after its 4-byte header) and how many input bytes the
 /// records took, or `None` while it is still incomplete. A message in one
 /// record, the common case, is borrowed from `buf` rather than copied.
+///
+/// This runs again after every read, so until a message spread over several
+/// records is complete only its 4-byte header is copied: a large hello
+/// arriving in many reads is not copied again at each one.
 fn reassemble(buf: &[u8]) -> Result<Option<Reassembled<'_>>, HelloError> {
+    // The first bytes of the payload (up to the handshake header), and how
+    // many payload bytes there are in all.
     let mut payload: Vec<u8> = Vec::new();
+    let mut payload_len = 0;
     let mut pos = 0;
     let mut wanted: Option<usize> = None;
     loop {
@@ -95,7 +102,9 @@ fn reassemble(buf: &[u8]) -> Result<Option<Reassembled<'_>>, HelloError> {
                 return Ok(Some((Cow::Borrowed(message), start + record_len)));
             }
         }
-        payload.extend_from_slice(available);
+        let head_missing = HANDSHAKE_HEADER_LEN.saturating_sub(payload.len());
+        payload.extend_from_slice(&available[..available.len().min(head_missing)]);
+        payload_len += available.len();
         if wanted.is_none() && payload.len() >= HANDSHAKE_HEADER_LEN {
             if payload[0] != HANDSHAKE_TYPE_CLIENT_HELLO {
                 return Err(HelloError::NotClientHello);
@@ -113,15 +122,28 @@ fn reassemble(buf: &[u8]) -> Result<Option<Reassembled<'_>>, HelloError> {
         }
         pos = start + record_len;
         if let Some(total) = wanted {
-            if payload.len() >= total {
-                // Bytes after the hello in its last record are another
-                // message's; they are forwarded, not interpreted.
-                payload.truncate(total);
-                payload.drain(..HANDSHAKE_HEADER_LEN);
-                return Ok(Some((Cow::Owned(payload), pos)));
+            if payload_len >= total {
+                return Ok(Some((Cow::Owned(message(buf, pos, total)), pos)));
             }
         }
     }
+}
+
+/// The handshake message in the records of `buf[..end]` (already checked by
+/// `reassemble`), without its header: `total` payload bytes, the header
+/// included. Bytes after the hello in its last record are another message's;
+/// they are forwarded, not interpreted.
+fn message(buf: &[u8], end: usize, total: usize) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(total);
+    let mut pos = 0;
+    while pos < end {
+        let record_len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
+        payload.extend_from_slice(&buf[pos + RECORD_HEADER_LEN..pos + RECORD_HEADER_LEN + record_len]);
+        pos += RECORD_HEADER_LEN + record_len;
+    }
+    payload.truncate(total);
+    payload.drain(..HANDSHAKE_HEADER_LEN);
+    payload
 }
 
 /// The message body when `record` (a whole first record) holds all of the
@@ -244,6 +266,22 @@ pub fn build(server_name: Option<&str>) -> Vec<u8> {
 
 /// A ClientHello record around `extensions`, offering the common TLS 1.2
 /// and 1.3 AEAD suites.
+/// A ClientHello for `server_name` in one record of exactly `record_len`
+/// bytes (at most 2^14), filled with a padding extension (RFC 7685) as
+/// real clients pad theirs: for tests of large hellos.
+pub fn build_padded(server_name: &str, record_len: usize) -> Vec<u8> {
+    let sni = sni_extension(&[(SNI_TYPE_HOST_NAME, server_name.as_bytes())]);
+    let unpadded = hello_with_extensions(&sni).len() - RECORD_HEADER_LEN;
+    let padding = record_len.checked_sub(unpadded + 4).expect("record_len too small for the hello");
+    let mut extensions = sni;
+    extensions.extend_from_slice(&21u16.to_be_bytes());
+    extensions.extend_from_slice(&(padding as u16).to_be_bytes());
+    extensions.resize(extensions.len() + padding, 0);
+    let hello = hello_with_extensions(&extensions);
+    assert_eq!(hello.len(), RECORD_HEADER_LEN + record_len);
+    hello
+}
+
 fn hello_with_extensions(extensions: &[u8]) -> Vec<u8> {
     let mut body = vec![0x03, 0x03];
     body.extend_from_slice(&[7; 32]);

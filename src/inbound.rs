@@ -3,7 +3,8 @@
 //! readers, and the client's real address.
 
 use crate::config::Listener;
-use crate::outcome::Refusal;
+use crate::limits::{BufferCharge, BUFFER_FLOOR};
+use crate::outcome::{Limit, Refusal};
 use crate::proxy_header;
 use bytes::BufMut;
 use std::net::SocketAddr;
@@ -11,11 +12,32 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// Bytes read from a client and not yet forwarded, with what they hold of
+/// the buffer budget (`limits.max_buffered_bytes`), given back on drop.
+#[derive(Debug)]
+pub struct Received {
+    pub bytes: Vec<u8>,
+    charge: BufferCharge,
+    budget: usize,
+}
+
+impl Received {
+    pub fn new(budget: usize) -> Received {
+        Received { bytes: Vec::new(), charge: BufferCharge::default(), budget }
+    }
+}
+
+/// What a read asks room for: a small hello fits in one read, a large one
+/// grows in steps of this, so a buffer is never much larger than what was
+/// received (a doubling buffer would hold up to twice that).
+const READ_STEP: usize = 4096;
+
 /// Reads into `buf` until `parse` gives an answer, `max` bytes are held,
-/// the client closes, or `deadline` passes. Bytes stay in `buf`.
+/// the client closes, the buffer budget is spent, or `deadline` passes.
+/// Bytes stay in `buf`.
 pub async fn read_until<T, E>(
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    received: &mut Received,
     max: usize,
     deadline: Instant,
     started: Instant,
@@ -25,6 +47,7 @@ where
     Refusal: From<E>,
 {
     loop {
+        let buf = &mut received.bytes;
         if let Some(found) = parse(buf)? {
             return Ok(found);
         }
@@ -32,7 +55,16 @@ where
         if room == 0 {
             return Err(Refusal::TooLarge(max));
         }
-        buf.reserve(room.min(4096));
+        // Up to the floor, no further: what a connection may always hold
+        // must not need the budget because of how the steps fell.
+        let step = match BUFFER_FLOOR.checked_sub(buf.len()) {
+            Some(to_floor) if to_floor > 0 => room.min(READ_STEP).min(to_floor),
+            _ => room.min(READ_STEP),
+        };
+        if buf.capacity() - buf.len() < step {
+            received.charge.cover(buf.len() + step, received.budget).map_err(|_| Refusal::Limit(Limit::Buffered))?;
+            buf.reserve_exact(step);
+        }
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf.limit(room))).await {
             Err(_) => return Err(Refusal::Timeout(deadline - started)),
             Ok(Err(e)) => return Err(Refusal::Io(e)),
@@ -50,7 +82,7 @@ pub async fn addresses(
     stream: &mut TcpStream,
     peer: SocketAddr,
     listener: &Listener,
-    buf: &mut Vec<u8>,
+    buf: &mut Received,
     deadline: Instant,
     started: Instant,
 ) -> Result<(SocketAddr, SocketAddr), Refusal> {
@@ -59,7 +91,7 @@ pub async fn addresses(
         return Ok((peer, local));
     }
     let header = read_until(stream, buf, proxy_header::MAX_HEADER_LEN, deadline, started, proxy_header::parse).await?;
-    buf.drain(..header.len);
+    buf.bytes.drain(..header.len);
     let (client, local) = header.addresses.unwrap_or((peer, local));
     if client != peer {
         tracing::Span::current().record("client", tracing::field::display(client));

@@ -3,7 +3,7 @@
 //!
 //! The data path of a TLS connection, in order:
 //!
-//! 1. [`server`] accepts it and checks the limits;
+//! 1. [`server`] accepts it and checks the [`limits`];
 //! 2. [`inbound`] reads a PROXY header if the peer is a trusted load balancer;
 //! 3. [`hello`] reads the ClientHello without consuming it;
 //! 4. [`names`] turns the server name into a route (or a refusal);
@@ -25,6 +25,7 @@ pub mod health;
 pub mod hello;
 pub mod http;
 pub mod inbound;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod names;

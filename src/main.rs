@@ -48,6 +48,13 @@ fn main() -> std::process::ExitCode {
     match Cli::parse().command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                // The service's own limit may differ from this shell's (for
+                // example LimitNOFILE= in its unit): a warning, not an error.
+                if let Ok((_, hard)) = sni_edge::limits::open_files_limit() {
+                    if let Err(e) = c.limits.check_descriptors(hard) {
+                        eprintln!("warning: {e} (checked against this shell's hard limit)");
+                    }
+                }
                 println!(
                     "ok: {}: {} listeners, {} routes with {} names, {} backends",
                     config.display(),
@@ -76,6 +83,9 @@ fn main() -> std::process::ExitCode {
 fn run(path: PathBuf, log_level: Option<LogLevel>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     sni_edge::logging::init(log_level.unwrap_or(config.log.level), config.log.format)?;
+    let (soft, hard) = sni_edge::limits::raise_open_files_limit().context("reading the open files limit")?;
+    tracing::info!(soft, hard, max_connections = config.limits.max_connections(), "open files limit");
+    config.limits.check_descriptors(soft).map_err(anyhow::Error::msg)?;
     let runtime = runtime().context("starting the runtime")?;
     runtime.block_on(async {
         // Sockets from a systemd socket unit, if any, are used for their addresses.

@@ -14,6 +14,9 @@ use std::time::Duration;
 pub enum Served {
     /// Connected upstream, header and first bytes written: relay next.
     Forwarded(Upstream),
+    /// One HTTP request forwarded (an ACME challenge fetch): relay the
+    /// answer back, and nothing more from the client.
+    ForwardedOneRequest(Upstream),
     /// Answered by the gateway itself (HTTP redirect or error).
     Answered(u16),
 }
@@ -55,6 +58,10 @@ pub enum Limit {
     PendingHandshakes,
     #[error("limits.max_connections_per_client")]
     PerClient,
+    #[error("limits.max_pending_per_client")]
+    PendingPerClient,
+    #[error("limits.max_buffered_bytes")]
+    Buffered,
 }
 
 impl Refusal {
@@ -74,9 +81,12 @@ impl Refusal {
             Refusal::Backend(ConnectError::Full { .. }) => "backend_full",
             Refusal::Backend(ConnectError::AllDown { .. }) => "backend_unhealthy",
             Refusal::Backend(ConnectError::Failed { .. }) => "backend_down",
+            Refusal::Backend(ConnectError::Local { .. }) => "local_resources",
             Refusal::Limit(Limit::Connections) => "limit_connections",
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
             Refusal::Limit(Limit::PerClient) => "limit_per_client",
+            Refusal::Limit(Limit::PendingPerClient) => "limit_pending_per_client",
+            Refusal::Limit(Limit::Buffered) => "limit_buffered",
             Refusal::Io(_) => "io_error",
             Refusal::ShuttingDown => "shutting_down",
         }

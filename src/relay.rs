@@ -15,8 +15,9 @@
 //! is shut down and the rest keeps flowing: half-closed connections lose
 //! nothing. A failed write ends only its own direction, since the side that
 //! stopped reading may still be sending its last bytes (a server that
-//! answers and closes); a failed read means that side is gone, and ends the
-//! relay.
+//! answers and closes); a failed read means that side is gone (it reset),
+//! and ends the relay with a reset of the other side: an abort is passed on
+//! as an abort, never as a clean end of stream.
 
 use std::future::Future;
 use std::io;
@@ -79,10 +80,35 @@ pub fn relay<'a>(
     idle: Duration,
     counters: &'a Counters,
 ) -> Relay<'a> {
+    new_relay(client, server, idle, counters, false)
+}
+
+/// The relay after one forwarded HTTP request: the server's answer goes to
+/// the client, and ends the relay when it ends; what the client sends is
+/// read and dropped (a second request never reaches the server), though its
+/// end of sending is still passed on.
+pub fn relay_answer<'a>(
+    client: &'a mut TcpStream,
+    server: &'a mut TcpStream,
+    idle: Duration,
+    counters: &'a Counters,
+) -> Relay<'a> {
+    new_relay(client, server, idle, counters, true)
+}
+
+fn new_relay<'a>(
+    client: &'a mut TcpStream,
+    server: &'a mut TcpStream,
+    idle: Duration,
+    counters: &'a Counters,
+    drop_client_bytes: bool,
+) -> Relay<'a> {
     let (client_read, client_write) = client.split();
     let (server_read, server_write) = server.split();
+    let mut up = Direction::new(client_read, server_write);
+    up.discard = drop_client_bytes;
     Relay {
-        up: Direction::new(client_read, server_write),
+        up,
         down: Direction::new(server_read, client_write),
         counters,
         idle,
@@ -116,10 +142,16 @@ impl Future for Relay<'_> {
                         *this.write_error = error;
                     }
                 }
-                Progress::ReadFailed(e) => return Poll::Ready(Err(RelayEnd::Io(e))),
+                Progress::ReadFailed(e) => {
+                    // That side aborted (a reset): abort the other side too,
+                    // so that a truncated transfer never looks complete.
+                    // With a zero linger, closing the socket sends RST, not FIN.
+                    let _ = socket2::SockRef::from(direction.to.as_ref()).set_linger(Some(Duration::ZERO));
+                    return Poll::Ready(Err(RelayEnd::Io(e)));
+                }
             }
         }
-        if this.up.done && this.down.done {
+        if this.down.done && (this.up.done || this.up.discard) {
             return Poll::Ready(this.write_error.take().map_or(Ok(()), |e| Err(RelayEnd::Io(e))));
         }
         if moved {
@@ -143,6 +175,8 @@ struct Direction<'a> {
     to: WriteHalf<'a>,
     held: Held,
     done: bool,
+    /// Read and drop (see `relay_answer`).
+    discard: bool,
 }
 
 #[derive(Default)]
@@ -163,7 +197,7 @@ enum Progress {
 
 impl<'a> Direction<'a> {
     fn new(from: ReadHalf<'a>, to: WriteHalf<'a>) -> Self {
-        Direction { from, to, held: Held::Nothing, done: false }
+        Direction { from, to, held: Held::Nothing, done: false, discard: false }
     }
 
     /// Moves what it can, adding what it reads to `count` as it goes (an
@@ -202,6 +236,9 @@ impl<'a> Direction<'a> {
                     let _ = socket2::SockRef::from(self.to.as_ref()).shutdown(Shutdown::Write);
                 }
                 return Progress::Ended(None);
+            }
+            if self.discard {
+                continue;
             }
             count.fetch_add(read.len() as u64, Ordering::Relaxed);
             total += read.len();

@@ -8,16 +8,17 @@
 use crate::config::{Config, Listener, Protocol};
 use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
+use crate::limits::{ClientKey, PendingPool};
 use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served};
-use crate::relay::{relay, Counters, RelayEnd};
+use crate::relay::{relay, relay_answer, Counters, RelayEnd};
 use crate::{health, http, systemd, tls};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -119,8 +120,7 @@ pub fn bind_all(
 /// `metrics`, which the connection limit reads too.
 #[derive(Default)]
 struct Shared {
-    pending: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: Mutex<HashMap<ClientKey, usize>>,
     connections: TaskTracker,
     /// Cancelled when the drain deadline passes: every connection closes.
     cut: CancellationToken,
@@ -212,6 +212,15 @@ pub async fn run(
         loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
     }
     systemd::ready("accepting connections");
+    // Memory that large unfinished hellos took is given back to the system
+    // soon after they are gone, not kept by the allocator for ever.
+    let trimmer = tokio::spawn(async {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            crate::limits::give_back_memory();
+        }
+    });
 
     while let Some(Control::Reload) = control.recv().await {
         let Some(path) = &config_path else {
@@ -242,6 +251,7 @@ pub async fn run(
         let _ = accept.task.await;
     }
     generation.stop();
+    trimmer.abort();
     shared.connections.close();
     if tokio::time::timeout(drain, shared.connections.wait()).await.is_err() {
         tracing::warn!(remaining = shared.metrics.active.get(), "drain deadline passed, closing the rest");
@@ -262,6 +272,9 @@ fn reload(
     generation: &Generation,
 ) -> anyhow::Result<Option<TcpListener>> {
     let config = Config::load(path)?;
+    if let Ok((open_files, _)) = crate::limits::open_files_limit() {
+        config.limits.check_descriptors(open_files).map_err(anyhow::Error::msg)?;
+    }
     // Bind every new address before touching anything, so a port that is
     // taken fails the reload as a whole.
     let metrics_socket = bind_metrics(&config, generation.metrics_address())?;
@@ -306,7 +319,10 @@ fn spawn_accept_loop(
     shared: Arc<Shared>,
 ) -> AcceptLoop {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(accept_loop(socket, address, config, shared, stop.clone()));
+    // Each listener has its own pool, so that silent clients on one (say
+    // port 80, with its longer timeout) cannot starve another.
+    let pool = Arc::new(PendingPool::default());
+    let task = tokio::spawn(accept_loop(socket, address, config, shared, pool, stop.clone()));
     AcceptLoop { stop, task }
 }
 
@@ -317,6 +333,7 @@ async fn accept_loop(
     address: SocketAddr,
     config: watch::Receiver<Arc<Config>>,
     shared: Arc<Shared>,
+    pool: Arc<PendingPool>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
@@ -341,7 +358,7 @@ async fn accept_loop(
         let Some(listener) = config.listeners.iter().position(|l| l.address == address) else {
             return;
         };
-        shared.connections.spawn(connection(stream, peer, listener, config, shared.clone()));
+        shared.connections.spawn(connection(stream, peer, listener, config, shared.clone(), pool.clone()));
     }
 }
 
@@ -365,6 +382,7 @@ fn connection(
     listener: usize,
     config: Arc<Config>,
     shared: Arc<Shared>,
+    pool: Arc<PendingPool>,
 ) -> impl std::future::Future<Output = ()> {
     let address = config.listeners[listener].address;
     let span =
@@ -376,7 +394,10 @@ fn connection(
         let metrics = &shared.metrics;
         let cx =
             Connection { peer, listener, config: &config, counters: &counters, metrics, route: Default::default() };
-        let result = match Admission::new(&shared, &config, listener, peer) {
+        // Cancelled by the drain deadline, or by the pool to make room
+        // while the connection is pending.
+        let cut = shared.cut.child_token();
+        let result = match Admission::new(&shared, &pool, &cut, &config, listener, peer) {
             Err(limit) => Err(Refusal::Limit(limit)),
             Ok(admission) => {
                 let handshake_done = || {
@@ -396,12 +417,22 @@ fn connection(
                         Served::Forwarded(mut upstream) => Ok(Ended::Relayed(
                             relay(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters).await.err(),
                         )),
+                        Served::ForwardedOneRequest(mut upstream) => Ok(Ended::Relayed(
+                            relay_answer(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters)
+                                .await
+                                .err(),
+                        )),
                         Served::Answered(status) => Ok(Ended::Answered(status)),
                     }
                 };
                 tokio::select! {
                     result = served => result,
-                    () = shared.cut.cancelled() => Err(Refusal::ShuttingDown),
+                    () = cut.cancelled() => Err(if shared.cut.is_cancelled() {
+                        Refusal::ShuttingDown
+                    } else {
+                        // Evicted while pending, to make room in a full pool.
+                        Refusal::Limit(Limit::PendingHandshakes)
+                    }),
                 }
             }
         };
@@ -441,41 +472,55 @@ fn connection(
 /// A connection's places in the limits, given back on drop.
 struct Admission<'a> {
     shared: &'a Shared,
-    client: Option<IpAddr>,
-    pending: AtomicBool,
+    pool: &'a PendingPool,
+    client: ClientKey,
+    /// Counted in the per-client limit of open connections.
+    counted: bool,
+    /// Its id in the pending pool while pending, else 0.
+    pending: AtomicU64,
 }
 
 impl<'a> Admission<'a> {
-    fn new(shared: &'a Shared, config: &Config, listener: &Listener, peer: SocketAddr) -> Result<Self, Limit> {
+    fn new(
+        shared: &'a Shared,
+        pool: &'a PendingPool,
+        evict: &CancellationToken,
+        config: &Config,
+        listener: &Listener,
+        peer: SocketAddr,
+    ) -> Result<Self, Limit> {
         let limits = &config.limits;
         // Each count is taken, then checked; Drop gives back what was taken.
         let open_before = shared.metrics.active.inc();
-        let mut admission = Admission { shared, client: None, pending: AtomicBool::new(false) };
-        if open_before >= limits.max_connections as i64 {
+        let key = ClientKey::of(crate::proxy_header::unmap(peer).ip(), limits);
+        let mut admission = Admission { shared, pool, client: key, counted: false, pending: AtomicU64::new(0) };
+        if open_before >= limits.max_connections() as i64 {
             return Err(Limit::Connections);
         }
         // A trusted load balancer carries many clients: its own address is
-        // not one client, so it is not held to the per-client limit.
-        if !is_trusted_proxy(listener, peer) {
-            let ip = crate::proxy_header::unmap(peer).ip();
+        // not one client, so it is not held to the per-client limits.
+        let trusted = is_trusted_proxy(listener, peer);
+        if !trusted {
             let mut per_client = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
-            let count = per_client.entry(ip).or_insert(0);
+            let count = per_client.entry(key).or_insert(0);
             *count += 1;
-            admission.client = Some(ip);
+            admission.counted = true;
             if *count > limits.max_connections_per_client {
                 return Err(Limit::PerClient);
             }
         }
-        admission.pending.store(true, Ordering::Release);
-        if shared.pending.fetch_add(1, Ordering::AcqRel) >= limits.max_pending_handshakes {
-            return Err(Limit::PendingHandshakes);
-        }
+        let per_client = (!trusted).then_some(limits.max_pending_per_client);
+        let slot = pool
+            .admit(key, per_client, limits.max_pending_handshakes, evict.clone())
+            .map_err(|_| Limit::PendingPerClient)?;
+        admission.pending.store(slot, Ordering::Release);
         Ok(admission)
     }
 
     fn handshake_done(&self) {
-        if self.pending.swap(false, Ordering::AcqRel) {
-            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+        let slot = self.pending.swap(0, Ordering::AcqRel);
+        if slot != 0 {
+            self.pool.release(self.client, slot);
         }
     }
 }
@@ -484,12 +529,12 @@ impl Drop for Admission<'_> {
     fn drop(&mut self) {
         self.handshake_done();
         self.shared.metrics.active.dec();
-        if let Some(ip) = self.client {
+        if self.counted {
             let mut per_client = self.shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = per_client.get_mut(&ip) {
+            if let Some(count) = per_client.get_mut(&self.client) {
                 *count -= 1;
                 if *count == 0 {
-                    per_client.remove(&ip);
+                    per_client.remove(&self.client);
                 }
             }
         }
@@ -567,9 +612,11 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let config = tls_config(address);
         let client = TcpStream::connect(address).await.unwrap();
-        let future = connection(client, address, 0, Arc::new(config), Arc::default());
+        let future = connection(client, address, 0, Arc::new(config), Arc::default(), Arc::default());
         let size = std::mem::size_of_val(&future);
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 900, "the connection future grew to {size} bytes");
+        // 900 before the pending pool, which added the client's key (an
+        // IPv6 prefix: 17 bytes), the listener's pool and the eviction token.
+        assert!(size <= 944, "the connection future grew to {size} bytes");
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::forward::{forward, Connection};
 use crate::hello;
-use crate::inbound::{addresses, read_until};
+use crate::inbound::{addresses, read_until, Received};
 use crate::names::Requested;
 use crate::outcome::{Refusal, Served};
 use tokio::io::AsyncWriteExt;
@@ -27,7 +27,7 @@ pub async fn serve(
     let config = cx.config;
     let started = Instant::now();
     let deadline = started + config.timeouts.client_hello;
-    let mut buf = Vec::new();
+    let mut buf = Received::new(config.limits.max_buffered_bytes);
     let addresses = Box::pin(addresses(stream, cx.peer, cx.listener, &mut buf, deadline, started)).await?;
     let hello = Box::pin(read_until(stream, &mut buf, MAX_READ, deadline, started, hello::parse)).await?;
     handshake_done();
@@ -40,7 +40,7 @@ pub async fn serve(
         return Err(Box::pin(refuse(stream, Refusal::UnknownName(name.to_string()))).await);
     };
     cx.routed(&route.name);
-    forward(cx, addresses, &route.backend, buf).await
+    forward(cx, addresses, &route.backend, std::mem::take(&mut buf.bytes)).await.map(Served::Forwarded)
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {

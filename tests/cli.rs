@@ -38,6 +38,13 @@ fn check_refuses_broken_files_naming_the_place() {
             "backends.cluster.proxy_protocol (line 7): unknown variant `2`, expected one of `none`, `v1`, `v2`",
         ),
         ("bad-name.json", "routes[0].names[1]: \"kube.*.example.com\": a wildcard must be the whole first label"),
+        ("timeout-too-long.json", "timeouts.client_hello: must be at most 365 days"),
+        (
+            "wildcard-and-specific.json",
+            "listeners[1].address: 192.0.2.10:443 and listeners[0] (0.0.0.0:443) share a port",
+        ),
+        ("ipv4-mapped-listener.json", "listeners[0].address: [::ffff:192.0.2.10]:443 is an IPv4-mapped IPv6 address"),
+        ("proxy-protocol-from-anyone.json", "listeners[0].proxy_protocol_from[0]: 0.0.0.0/0 lets anyone"),
     ];
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), expected.len(), "every invalid example has an expectation");
     for (file, message) in expected {

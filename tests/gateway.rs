@@ -137,6 +137,70 @@ async fn half_close_keeps_every_byte_of_the_reply() {
     gw.stop().await;
 }
 
+/// Closes with a reset (RST) instead of a FIN.
+fn abort(stream: TcpStream) {
+    socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(stream);
+}
+
+/// Reads until the end; `Err` if the stream was aborted rather than ended.
+async fn read_to_end_or_reset(stream: &mut TcpStream) -> Result<usize, std::io::ErrorKind> {
+    let mut total = 0;
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match within("reading to the end", stream.read(&mut buf)).await {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) => return Err(e.kind()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_backend_reset_reaches_the_client_as_a_reset() {
+    // The backend sends 3 MiB of a download, then aborts: the client must
+    // not see a clean end of stream, which would pass for a complete file.
+    let backend = Backend::start(|mut stream| async move {
+        let mut first = vec![0; 512];
+        let _ = stream.read(&mut first).await;
+        let _ = stream.write_all(&vec![7u8; 3 << 20]).await;
+        abort(stream);
+    })
+    .await;
+    let gw = Gateway::start(|tls, http| config(tls, http, ROUTES, &cluster(backend.addr, "none"))).await;
+    let mut client = TcpStream::connect(gw.tls).await.unwrap();
+    client.write_all(HELLO_CURL).await.unwrap();
+    let end = read_to_end_or_reset(&mut client).await;
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "the backend's abort reached the client as {end:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_reset_reaches_the_backend_as_a_reset() {
+    let (ends, mut backend_ends) = tokio::sync::mpsc::unbounded_channel();
+    let backend = Backend::start(move |mut stream| {
+        let ends = ends.clone();
+        async move {
+            let _ = ends.send(read_to_end_or_reset(&mut stream).await);
+        }
+    })
+    .await;
+    let gw = Gateway::start(|tls, http| config(tls, http, ROUTES, &cluster(backend.addr, "none"))).await;
+    let mut client = TcpStream::connect(gw.tls).await.unwrap();
+    client.write_all(&[HELLO_CURL, &vec![1u8; 1 << 20]].concat()).await.unwrap();
+    // Wait until the backend is connected, so the reset hits the relay.
+    within("the backend connection", async {
+        while backend.accepted() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    abort(client);
+    let end = within("backend", backend_ends.recv()).await.unwrap();
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "the client's abort reached the backend as {end:?}");
+    gw.stop().await;
+}
+
 /// FNV-1a, enough to tell two 50 MiB streams apart.
 const FNV_START: u64 = 0xcbf29ce484222325;
 

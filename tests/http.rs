@@ -4,6 +4,9 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 fn setup(tls: SocketAddr, http: SocketAddr, acme: SocketAddr, tls_backend: SocketAddr) -> String {
     let routes = r#"[
@@ -30,6 +33,17 @@ async fn allowed_names_are_redirected_to_https_without_the_port() {
     assert_eq!(
         answer,
         "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://app.example.test/path/x?q=1&r=%2F\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    // An absolute-form target (RFC 9112 §3.2.2): its authority stands for Host.
+    let answer = get(gw.http, "GET http://App.example.test:80/p?q HTTP/1.1\r\nHost: app.example.test\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 308 Permanent Redirect\r\nLocation: https://app.example.test/p?q\r\n"),
+        "{answer}"
+    );
+    let answer = get(gw.http, "GET http://a.kube.example.test HTTP/1.1\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a.kube.example.test/\r\n"),
+        "{answer}"
     );
     let answer = get(gw.http, "POST / HTTP/1.1\r\nHost: a.kube.example.test\r\nContent-Length: 0\r\n\r\n").await;
     assert!(
@@ -75,7 +89,8 @@ async fn refusals_answer_4xx_and_forward_nothing() {
         ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
         ("GET / HTTP/1.1\r\nHost: app.example.test\r\nHost: evil.test\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
         ("GET / HTTP/1.1\r\nHost: bad_name.test\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
-        ("GET http://app.example.test/ HTTP/1.1\r\nHost: app.example.test\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
+        ("GET http://app.example.test/ HTTP/1.1\r\nHost: other.example.test\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
+        ("GET https://app.example.test/ HTTP/1.1\r\nHost: app.example.test\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
         ("NOT HTTP AT ALL\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n"),
         (
             "GET /.well-known/acme-challenge/../../admin HTTP/1.1\r\nHost: app.example.test\r\n\r\n",
@@ -117,7 +132,122 @@ async fn acme_challenges_reach_the_cluster_with_the_client_address() {
         let (client, answer) = exchange(gw.http, request.as_bytes()).await;
         assert_eq!(answer, b"bye", "the cluster's answer comes back");
         let got = within("acme backend", received.recv()).await.unwrap();
-        assert_eq!(got, [proxy_v1(client, gw.http), request.into_bytes()].concat());
+        let forwarded = format!(
+            "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: acme\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&[proxy_v1(client, gw.http), forwarded.into_bytes()].concat())
+        );
     }
+    gw.stop().await;
+}
+
+const TOKEN_PATH: &str = "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+
+/// Only a challenge fetch passes: anything that could carry a request to
+/// another vhost of the cluster, or a body, or a protocol switch, is refused
+/// with 400 and nothing reaches the cluster.
+#[tokio::test]
+async fn acme_pass_through_refuses_everything_but_a_bodiless_get_or_head() {
+    let (acme, _) = Backend::recording().await;
+    let gw = Gateway::start(|tls, http| setup(tls, http, acme.addr, acme.addr)).await;
+    let host = "Host: app.example.test\r\n";
+    for request in [
+        format!("POST {TOKEN_PATH} HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello"),
+        format!("PUT {TOKEN_PATH} HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello"),
+        format!("DELETE {TOKEN_PATH} HTTP/1.1\r\n{host}\r\n"),
+        format!("POST {TOKEN_PATH} HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n"),
+        format!("FROB {TOKEN_PATH} HTTP/1.1\r\n{host}\r\n"),
+        format!("GET {TOKEN_PATH} HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello"),
+        format!("GET {TOKEN_PATH} HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        format!("POST {TOKEN_PATH} HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        format!("GET {TOKEN_PATH} HTTP/1.1\r\n{host}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
+        format!("GET http://app.example.test{TOKEN_PATH} HTTP/1.1\r\nHost: other.internal\r\n\r\n"),
+        // No room left for the Connection header the gateway adds.
+        format!("GET {TOKEN_PATH} HTTP/1.1\r\n{host}{}\r\n", "X: y\r\n".repeat(62)),
+    ] {
+        let answer = get(gw.http, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{request:?} got {answer:?}");
+    }
+    assert_eq!(acme.accepted(), 0, "a refused request reached the cluster");
+    gw.stop().await;
+}
+
+/// A second request pipelined after a valid challenge fetch, with any path
+/// and any Host, never reaches the cluster: exactly one rewritten head does.
+/// HEAD and absolute-form targets pass like GET.
+#[tokio::test]
+async fn acme_pass_through_forwards_exactly_one_request() {
+    let (acme, mut received) = Backend::recording().await;
+    let gw = Gateway::start(|tls, http| setup(tls, http, acme.addr, acme.addr)).await;
+    let second = "GET /admin HTTP/1.1\r\nHost: other.internal\r\nContent-Length: 3\r\n\r\nabc";
+    for (request, head) in [
+        (
+            format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\nConnection: keep-alive\r\n\r\n{second}"),
+            format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            format!("HEAD {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\nContent-Length: 0\r\n\r\n{second}"),
+            format!("HEAD {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            format!("GET http://app.example.test{TOKEN_PATH} HTTP/1.1\r\nAccept: */*\r\n\r\n{second}"),
+            format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\nAccept: */*\r\nConnection: close\r\n\r\n"),
+        ),
+    ] {
+        let (client, answer) = exchange(gw.http, request.as_bytes()).await;
+        assert_eq!(answer, b"bye");
+        let got = within("acme backend", received.recv()).await.unwrap();
+        let want = [proxy_v1(client, gw.http), head.into_bytes()].concat();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "for {request:?}");
+    }
+    gw.stop().await;
+}
+
+/// A keep-alive client that sends its next request after the answer: the
+/// cluster, even one that keeps the connection open, never sees it, and the
+/// client's connection is closed once the answer is complete.
+#[tokio::test]
+async fn acme_pass_through_forwards_nothing_after_the_answer() {
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let cluster = Backend::start(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            let mut got = Vec::new();
+            let mut chunk = [0; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ntoken").await.unwrap();
+            // Keeps the connection open and records what else arrives.
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(800), stream.read(&mut chunk)).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+            let _ = tx.send(got);
+        }
+    })
+    .await;
+    let gw = Gateway::start(|tls, http| setup(tls, http, cluster.addr, cluster.addr)).await;
+    let mut client = TcpStream::connect(gw.http).await.unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = vec![0; 43];
+    within("the answer", client.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(answer, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ntoken");
+    // The next request on the same connection goes nowhere.
+    let _ = client.write_all(b"GET /admin HTTP/1.1\r\nHost: other.internal\r\n\r\n").await;
+    let got = within("the cluster's record", received.recv()).await.unwrap();
+    let want = format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&[proxy_v1(local, gw.http), want.into_bytes()].concat())
+    );
     gw.stop().await;
 }

@@ -549,38 +549,67 @@ async fn a_stop_closes_a_stalled_connection_at_the_drain_deadline() {
 // before the client that follows them.
 
 #[tokio::test]
-async fn max_pending_handshakes_refuses_beyond_the_limit_until_handshakes_end() {
+async fn a_full_pending_pool_closes_the_oldest_of_the_biggest_holder() {
     let (app, mut app_got) = Backend::recording().await;
     let gw = Gateway::start(|tls, http| {
         let mut config = app_only(tls, http, app.addr);
-        config["limits"] = json!({ "max_pending_handshakes": 50 });
+        config["limits"] = json!({ "max_pending_handshakes": 50, "max_pending_per_client": 100 });
+        config["timeouts"] = json!({ "client_hello": "60s", "http_request": "60s" });
+        config.to_string()
+    })
+    .await;
+    // 127.0.0.1 fills both listeners' pools.
+    let idle = hold(50, gw.tls, b"").await;
+    let idle_http = hold(50, gw.http, b"").await;
+    // A newcomer is not refused: 127.0.0.1's oldest pending connection on
+    // that listener makes room, and nothing on the other listener moves.
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    assert!(attempt_from(Some(other), gw.tls, &app_hello()).await.served(), "the newcomer was refused");
+    assert_eq!(within("app backend", app_got.recv()).await.unwrap(), app_hello());
+    until("the oldest idle connection closed", || !still_open(&idle[0])).await;
+    assert!(idle[1..].iter().all(still_open), "more than the oldest was closed");
+    assert!(idle_http.iter().all(still_open), "the full TLS pool closed a connection of the HTTP listener");
+    drop((idle, idle_http));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn max_pending_per_client_refuses_that_client_only() {
+    let (app, _app_got) = Backend::recording().await;
+    let gw = Gateway::start(|tls, http| {
+        let mut config = app_only(tls, http, app.addr);
+        config["limits"] = json!({ "max_pending_per_client": 5 });
         config["timeouts"] = json!({ "client_hello": "60s" });
         config.to_string()
     })
     .await;
-    let idle = hold(50, gw.tls, b"").await;
-    let got = attempt(gw.tls, &app_hello()).await;
-    assert_eq!(got, Got::Answer(vec![]), "the 51st handshake was not refused");
+    let idle = hold(5, gw.tls, b"").await;
+    assert_eq!(attempt(gw.tls, &app_hello()).await, Got::Answer(vec![]), "a 6th pending connection of one client");
     assert_eq!(app.accepted(), 0);
-    assert!(idle.iter().all(still_open), "a connection within the limit was closed");
-
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    assert!(attempt_from(Some(other), gw.tls, &app_hello()).await.served());
+    assert!(idle.iter().all(still_open));
+    // Pending only: a client whose hellos are in is not held to it.
+    let mut idle = idle;
+    for stream in &mut idle {
+        stream.write_all(&app_hello()).await.unwrap();
+    }
+    served_soon("the client once its hellos were in", gw.tls, &app_hello()).await;
     drop(idle);
-    served_soon("a client once the idle ones left", gw.tls, &app_hello()).await;
-    assert_eq!(within("app backend", app_got.recv()).await.unwrap(), app_hello());
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn a_thousand_slow_clients_do_not_stop_a_normal_one() {
     // Every test client is 127.0.0.1: with the default
-    // max_connections_per_client (512) that limit, not the handshake
-    // handling, would decide. It is raised so the test measures the latter;
+    // max_connections_per_client (512) and max_pending_per_client (64) those
+    // limits, not the handshake handling, would decide. They are raised so the test measures the latter;
     // the other limits keep their defaults (max_pending_handshakes 2000).
     raise_open_files_limit(4096);
     let (app, mut app_got) = Backend::recording().await;
     let gw = Gateway::start(|tls, http| {
         let mut config = app_only(tls, http, app.addr);
-        config["limits"] = json!({ "max_connections_per_client": 5000 });
+        config["limits"] = json!({ "max_connections_per_client": 5000, "max_pending_per_client": 5000 });
         // So that no slow client times out while the others connect.
         config["timeouts"] = json!({ "client_hello": "60s" });
         config.to_string()

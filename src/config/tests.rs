@@ -80,7 +80,7 @@ fn every_error_names_its_place() {
         (with(&[(&["listeners", "0", "address"], json!("127.0.0.1"))]), "listeners[0].address (line 1): invalid socket address syntax"),
         (with(&[(&["listeners", "0", "protocol"], json!("https"))]), "listeners[0].protocol (line 1): unknown variant `https`, expected `tls` or `http`"),
         (with(&[(&["listeners", "0", "proxy_protocol_from"], json!(["10.0.0.0/33"]))]), "listeners[0].proxy_protocol_from[0] (line 1): invalid IP address syntax"),
-        (with(&[(&["listeners", "0", "tls"], json!(true))]), "listeners[0].tls (line 1): unknown field `tls`, expected one of `address`, `protocol`, `proxy_protocol_from`"),
+        (with(&[(&["listeners", "0", "tls"], json!(true))]), "listeners[0].tls (line 1): unknown field `tls`, expected one of `address`, `protocol`, `proxy_protocol_from`, `proxy_protocol_from_anyone`"),
         (with(&[(&["routes", "0", "names", "0"], json!("bad_name.test"))]), "routes[0].names[0]: \"bad_name.test\": name contains a character other than letters, digits, hyphens and dots"),
         (with(&[(&["routes", "0", "names", "0"], json!("a.*.test"))]), "routes[0].names[0]: \"a.*.test\": a wildcard must be the whole first label, as in \"*.example.com\""),
         (with(&[(&["routes", "0", "names"], json!([]))]), "routes[0]: a route needs at least one name in names or names_file"),
@@ -106,6 +106,22 @@ fn every_error_names_its_place() {
         (with(&[(&["limits", "max_connections"], json!(-1))]), "limits.max_connections (line 1): invalid value: integer `-1`, expected usize"),
         (with(&[(&["log", "level"], json!("loud"))]), "log.level (line 1): unknown variant `loud`, expected one of `trace`, `debug`, `info`, `warn`, `error`"),
         (with(&[(&["metrics", "address"], json!("localhost:9113"))]), "metrics.address (line 1): invalid socket address syntax"),
+        // Durations whose deadline arithmetic would overflow.
+        (with(&[(&["timeouts", "client_hello"], json!("500000000000years"))]), "timeouts.client_hello: must be at most 365 days"),
+        (with(&[(&["timeouts", "idle"], json!("366days"))]), "timeouts.idle: must be at most 365 days"),
+        (with(&[(&["timeouts", "http_request"], json!("1000years"))]), "timeouts.http_request: must be at most 365 days"),
+        (with(&[(&["timeouts", "shutdown"], json!("1000years"))]), "timeouts.shutdown: must be at most 365 days"),
+        (with(&[(&["backends", "b", "connect_timeout"], json!("400days"))]), "backends.b.connect_timeout: must be at most 365 days"),
+        (with(&[(&["backends", "b", "health_check"], json!({ "interval": "1000years" }))]), "backends.b.health_check.interval: must be at most 365 days"),
+        (with(&[(&["backends", "b", "health_check"], json!({ "timeout": "0s" }))]), "backends.b.health_check.timeout: must be longer than zero"),
+        // Listeners that parse but cannot all be bound.
+        (with(&[(&["listeners", "0", "address"], json!("[::ffff:127.0.0.2]:8443"))]), "listeners[0].address: [::ffff:127.0.0.2]:8443 is an IPv4-mapped IPv6 address, which an IPv6-only socket cannot listen on; write 127.0.0.2:8443"),
+        (with(&[(&["listeners", "1"], json!({ "address": "0.0.0.0:8443", "protocol": "tls" }))]), "listeners[1].address: 0.0.0.0:8443 and listeners[0] (127.0.0.1:8443) share a port, and one is a wildcard address, which already takes that port on every address: keep the wildcard alone, or list specific addresses only"),
+        (with(&[(&["listeners", "0", "address"], json!("[::]:8443")), (&["listeners", "1"], json!({ "address": "[::1]:8443", "protocol": "tls" }))]), "listeners[1].address: [::1]:8443 and listeners[0] ([::]:8443) share a port, and one is a wildcard address, which already takes that port on every address: keep the wildcard alone, or list specific addresses only"),
+        (with(&[(&["metrics", "address"], json!("127.0.0.1:8443"))]), "metrics.address: 127.0.0.1:8443 is already listeners[0]"),
+        // A PROXY header trusted from everyone, unless acknowledged.
+        (with(&[(&["listeners", "0", "proxy_protocol_from"], json!(["10.0.0.0/8", "0.0.0.0/0"]))]), "listeners[0].proxy_protocol_from[1]: 0.0.0.0/0 lets anyone who reaches the listener claim any client address; list the load balancer's addresses, or set listeners[0].proxy_protocol_from_anyone: true if only trusted load balancers can reach it"),
+        (with(&[(&["listeners", "0", "proxy_protocol_from"], json!(["::/0"]))]), "listeners[0].proxy_protocol_from[0]: ::/0 lets anyone who reaches the listener claim any client address; list the load balancer's addresses, or set listeners[0].proxy_protocol_from_anyone: true if only trusted load balancers can reach it"),
     ];
     let wrong: Vec<String> = cases
         .iter()
@@ -160,6 +176,26 @@ fn errors_in_a_file_name_the_file_and_line() {
         format!("{}: listeners[0].address (line 3): invalid socket address syntax", dir.join("config.json").display())
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn what_check_refuses_has_a_valid_neighbour() {
+    use serde_json::json;
+    for text in [
+        with(&[(&["timeouts", "idle"], json!("365days")), (&["timeouts", "shutdown"], json!("0s"))]),
+        with(&[
+            (&["listeners", "0", "proxy_protocol_from"], json!(["0.0.0.0/0"])),
+            (&["listeners", "0", "proxy_protocol_from_anyone"], json!(true)),
+        ]),
+        with(&[(&["listeners", "1"], json!({ "address": "127.0.0.2:8443", "protocol": "tls" }))]),
+        with(&[(&["listeners", "1"], json!({ "address": "[::]:8443", "protocol": "tls" }))]),
+        with(&[
+            (&["listeners", "0", "address"], json!("0.0.0.0:443")),
+            (&["listeners", "1"], json!({ "address": "[::]:443", "protocol": "tls" })),
+        ]),
+    ] {
+        assert!(parse(&text).is_ok(), "refused: {text}");
+    }
 }
 
 #[test]

@@ -157,3 +157,80 @@ pub const HELLO_CHROMIUM: &[u8] = include_bytes!("../fixtures/hello-chromium.bin
 pub const HELLO_OPENSSL_NO_SNI: &[u8] = include_bytes!("../fixtures/hello-openssl-nosni.bin");
 /// The fatal unrecognized_name alert a refused name gets.
 pub const ALERT_UNRECOGNIZED_NAME: &[u8] = &[21, 3, 3, 0, 2, 2, 112];
+
+/// The real `sni-edge` binary, running `config` (which must use `ADDRESS`
+/// for its one TLS listener) on a listening socket this test made and
+/// passes as systemd does (fd 3, LISTEN_FDS), so that the address is known
+/// before the binary starts. Killed when dropped.
+pub struct RealGateway {
+    pub address: SocketAddr,
+    pub child: std::process::Child,
+    pub dir: PathBuf,
+}
+
+impl RealGateway {
+    /// `open_files`: an RLIMIT_NOFILE (soft, hard) for the binary, if given.
+    pub fn start(config: &str, open_files: Option<(u64, u64)>, stderr: std::process::Stdio) -> RealGateway {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = socket.local_addr().unwrap();
+        let dir = std::env::temp_dir().join(format!("sni-edge-real-{}-{}", std::process::id(), address.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config.replace("ADDRESS", &address.to_string())).unwrap();
+        let mut command = std::process::Command::new("/bin/sh");
+        // LISTEN_PID must be the service's own pid: the shell's, kept by exec.
+        command
+            .args(["-c", "export LISTEN_PID=$$; exec \"$0\" run --config \"$1\"", env!("CARGO_BIN_EXE_sni-edge")])
+            .arg(&config_path)
+            .env("LISTEN_FDS", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        let fd = socket.as_raw_fd();
+        // SAFETY: dup2 and setrlimit are async-signal-safe, the only calls
+        // made between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some((soft, hard)) = open_files {
+                    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        RealGateway { address, child, dir }
+    }
+
+    /// Resident memory of the binary, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+}
+
+impl Drop for RealGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Raises this test process's soft open files limit to the hard one (the
+/// attack tests hold a few thousand sockets); returns the limit.
+pub fn open_files_to_hard() -> u64 {
+    sni_edge::limits::raise_open_files_limit().unwrap().0
+}

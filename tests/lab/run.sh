@@ -28,6 +28,9 @@ NODE=192.0.2.20           # cluster node: nginx :443 (PROXY v1/v2), :80 (ACME); 
 NODE_B=192.0.2.21         # second ingress server on the node (failover target)
 NODE_SIDE=198.51.100.20   # the node's side link, only the attacker is on it
 ATTACKER=198.51.100.66    # reaches the node directly, forges PROXY headers
+BOTS_NET=203.0.113        # bots: 40 addresses 203.0.113.100-139 that hold silent connections
+BOTS_FIRST=100
+BOTS_COUNT=40
 NOBODY_UID=65534
 NOBODY_GID=65534
 
@@ -81,6 +84,7 @@ ID=$$
 P=sel-$ID                               # namespace prefix, unique per run
 WORK=$STATE_ROOT/sni-edge-lab.$ID       # configs, certs, logs, pid list
 NS_PUB=$P-pub NS_C1=$P-c1 NS_C2=$P-c2 NS_GW=$P-gw NS_HOME=$P-home NS_NODE=$P-node NS_ATT=$P-att
+NS_BOTS=$P-bots
 PASSED=0
 FAILED=0
 SETUP_DONE=0
@@ -188,8 +192,8 @@ bridge_in() { in_ns "$1" ip link add br0 type bridge && in_ns "$1" ip link set b
 enslave() { in_ns "$1" ip link set "$2" master br0; }
 
 build_topology() {
-  log "topology: namespaces $P-{pub,c1,c2,gw,home,node,att}"
-  for ns in "$NS_PUB" "$NS_C1" "$NS_C2" "$NS_GW" "$NS_HOME" "$NS_NODE" "$NS_ATT"; do add_ns "$ns"; done
+  log "topology: namespaces $P-{pub,c1,c2,gw,home,node,att,bots}"
+  for ns in "$NS_PUB" "$NS_C1" "$NS_C2" "$NS_GW" "$NS_HOME" "$NS_NODE" "$NS_ATT" "$NS_BOTS"; do add_ns "$ns"; done
   bridge_in "$NS_PUB" || die "bridge pub"
   bridge_in "$NS_HOME" || die "bridge home"
 
@@ -199,6 +203,7 @@ build_topology() {
   link "$NS_GW" home0 "$NS_HOME" gw;  enslave "$NS_HOME" gw
   link "$NS_NODE" eth0 "$NS_HOME" node; enslave "$NS_HOME" node
   link "$NS_ATT" eth0 "$NS_NODE" side0
+  link "$NS_BOTS" eth0 "$NS_PUB" bots; enslave "$NS_PUB" bots
 
   in_ns "$NS_C1" ip addr add $C1/24 dev eth0
   in_ns "$NS_C2" ip addr add $C2/24 dev eth0
@@ -208,6 +213,10 @@ build_topology() {
   in_ns "$NS_NODE" ip addr add $NODE_B/24 dev eth0
   in_ns "$NS_NODE" ip addr add $NODE_SIDE/24 dev side0
   in_ns "$NS_ATT" ip addr add $ATTACKER/24 dev eth0
+  local n
+  for n in $(seq $BOTS_FIRST $((BOTS_FIRST + BOTS_COUNT - 1))); do
+    in_ns "$NS_BOTS" ip addr add $BOTS_NET.$n/24 dev eth0
+  done
   # The attacker's only route into the home network goes straight to the node.
   in_ns "$NS_ATT" ip route add 192.0.2.0/24 via $NODE_SIDE
   # The gateway does not route between its sides (the default in a new namespace; made explicit).
@@ -549,6 +558,18 @@ check_openssl_client() {
   done
 }
 
+# chromium_dom HOME: https://app.example.test/ from c1 with headless Chromium (its NSS db in
+# HOME trusts the test CA); prints the DOM, stderr to $WORK/chromium.err.
+chromium_dom() {
+  local home=$1
+  mkdir -p "$home/tmp"
+  HOME=$home TMPDIR=$home/tmp timeout 90 ip netns exec "$NS_C1" chromium --headless --no-sandbox --disable-gpu \
+    --disable-quic --no-first-run --disable-background-networking --disable-component-update \
+    --disable-sync --disable-dev-shm-usage --user-data-dir="$home/profile" \
+    --host-resolver-rules="MAP app.example.test $GW_PUB, MAP * ~NOTFOUND" \
+    --dump-dom https://app.example.test/ 2>"$WORK/chromium.err"
+}
+
 # Chromium's ClientHello (~1.9 KB with an X25519MLKEM768 key share) spans two TCP segments.
 check_chromium() {
   if [ "${LAB_SKIP_CHROMIUM:-0}" = 1 ]; then log "skipping Chromium (LAB_SKIP_CHROMIUM=1)"; return; fi
@@ -561,12 +582,7 @@ check_chromium() {
     "tcp port 443 and host $C1"
   local cap_pid=$BG_PID
   for n in $(seq 1 50); do grep -q 'listening on' "$WORK/tcpdump-gw.out" 2>/dev/null && break; sleep 0.1; done
-  mkdir -p "$home/tmp"
-  out=$(HOME=$home TMPDIR=$home/tmp timeout 90 ip netns exec "$NS_C1" chromium --headless --no-sandbox --disable-gpu \
-    --disable-quic --no-first-run --disable-background-networking --disable-component-update \
-    --disable-sync --disable-dev-shm-usage --user-data-dir="$home/profile" \
-    --host-resolver-rules="MAP app.example.test $GW_PUB, MAP * ~NOTFOUND" \
-    --dump-dom https://app.example.test/ 2>"$WORK/chromium.err"); rc=$?
+  out=$(chromium_dom "$home"); rc=$?
   sleep 0.3
   stop_pid "$cap_pid"
   if printf '%s' "$out" | grep -q "client=$C1 ingress=nginx-a sni=app.example.test"; then
@@ -865,6 +881,48 @@ check_graceful_stop() {
   start_gateway
 }
 
+# The pending-connection pool under attack: 40 addresses each hold 60 silent connections to :443
+# and 60 to :80, opening a new one as soon as the gateway closes one. That is more than a
+# listener's pool (max_pending_handshakes, 2,000), so the gateway keeps closing the oldest
+# connections of the biggest holders; curl, Chromium and port 80 must still be served.
+check_pending_pool_attack() {
+  local sources=() n ok_pages=0 tries=20 out code loc dom before_evicted evicted
+  for n in $(seq $BOTS_FIRST $((BOTS_FIRST + BOTS_COUNT - 1))); do sources+=(--source "$BOTS_NET.$n"); done
+  before_evicted=$(gateway_log | grep -c 'reason="limit_pending"')
+  start_bg bots "$NS_BOTS" python3 "$LAB_DIR/silent-clients.py" "${sources[@]}" \
+    --target $GW_PUB:443 --target $GW_PUB:80 --per-source 60 --seconds 120
+  local bots_pid=$BG_PID
+  # Until the pools are full and the gateway makes room (bounded: 30 s).
+  for n in $(seq 1 300); do
+    evicted=$(gateway_log | grep -c 'reason="limit_pending"')
+    [ "$evicted" -gt "$before_evicted" ] && break
+    sleep 0.1
+  done
+  check "silent clients from $BOTS_COUNT addresses fill the pending pools (the gateway makes room)" \
+    "$([ "$evicted" -gt "$before_evicted" ] && echo 0 || echo 1)" \
+    "no limit_pending in the gateway's log after 30 s; bots: $(tail -3 "$WORK/bots.out")"
+  for n in $(seq 1 $tries); do
+    out=$(https_get "$NS_C1" app.example.test)
+    [ "$out" = "client=$C1 ingress=nginx-a sni=app.example.test" ] && ok_pages=$((ok_pages + 1))
+  done
+  check "during the attack curl gets its page ($ok_pages of $tries, at least 95 %)" \
+    "$([ $((ok_pages * 100)) -ge $((tries * 95)) ] && echo 0 || echo 1)" "last answer: $out"
+  out=$(curl_c "$NS_C2" -si --resolve app.example.test:80:$GW_PUB 'http://app.example.test/x' 2>&1)
+  code=$(printf '%s' "$out" | awk 'NR==1 {print $2}')
+  loc=$(printf '%s' "$out" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  check "during the attack port 80 still redirects" \
+    "$([ "$code" = 308 ] && [ "$loc" = 'https://app.example.test/x' ] && echo 0 || echo 1)" "$(printf '%s' "$out" | head -3)"
+  if [ "${LAB_SKIP_CHROMIUM:-0}" != 1 ]; then
+    dom=$(chromium_dom "$WORK/chromium")
+    check "during the attack headless Chromium gets its page" \
+      "$(printf '%s' "$dom" | grep -q "client=$C1 ingress=nginx-a sni=app.example.test" && echo 0 || echo 1)" \
+      "dom: $(printf '%s' "$dom" | head -c 300); stderr: $(grep -v -e dbus -e Fontconfig "$WORK/chromium.err" | tail -5)"
+  fi
+  evicted=$(gateway_log | grep -c 'reason="limit_pending"')
+  stop_pid "$bots_pid"
+  log "pending-pool attack: $((evicted - before_evicted)) pending connections closed to make room"
+}
+
 OPS_CHECKS=(check_concurrent check_reload_under_load check_failover check_graceful_stop)
 
 run_checks() {
@@ -876,6 +934,7 @@ run_checks() {
   check_port80
   check_proxy_versions_on_wire
   check_forged_proxy
+  check_pending_pool_attack
   if [ "${LAB_SKIP_OPS:-0}" != 1 ]; then
     local c
     for c in "${OPS_CHECKS[@]}"; do "$c"; done
