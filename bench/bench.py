@@ -796,7 +796,7 @@ def callgrind_instructions(name):
     """User-space instructions per connection of one sni-edge binary under callgrind: a copy on
     its own port, warmed up, counters zeroed, COUNT_CONNS connections, counters dumped."""
     port = 448 + [n for n, _, _ in SNI_EDGES].index(name)
-    sni_edge_direct_conf(f"{WORK}/{name}-callgrind.json", port)
+    sni_edge_direct_conf(f"{WORK}/{name}-callgrind.json", port, BINARY[name])
     out = f"{WORK}/callgrind-{name}.out"
     p = start(f"{name}-callgrind", NS_G, 1, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                              BINARY[name], "run", "--config", f"{WORK}/{name}-callgrind.json"])
