@@ -9,9 +9,10 @@ use crate::metrics::Metrics;
 use crate::outcome::{Refusal, Served};
 use crate::proxy_header;
 use crate::relay::Counters;
+use crate::tunnel::gateway::Hub;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::io::AsyncWriteExt;
 
 /// An accepted connection and what it is served with. The config is the one
@@ -21,7 +22,9 @@ pub struct Connection<'a> {
     pub listener: &'a Listener,
     pub config: &'a Config,
     pub counters: &'a Counters,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a Arc<Metrics>,
+    /// Where agents are, for backends reached through the tunnel.
+    pub tunnel: &'a Hub,
     /// The route's name once one is chosen, for the log line and metrics.
     pub route: OnceLock<&'a str>,
 }
@@ -39,12 +42,22 @@ pub async fn forward(
     backend: &Backend,
     already_read: Vec<u8>,
 ) -> Result<Served, Refusal> {
-    // Boxed, like every phase before the relay, so that its state is freed
-    // once done instead of being reserved for the connection's whole life.
-    let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
     let mut first = proxy_header::encode(backend.proxy_protocol, client_addr, local);
     first.extend_from_slice(&already_read);
-    Box::pin(upstream.stream.write_all(&first)).await?;
+    // Boxed, like every phase before the relay, so that its state is freed
+    // once done instead of being reserved for the connection's whole life.
+    let served = match &backend.tunnel {
+        // Through the tunnel the header and first bytes go with the stream's
+        // opening, so that an agent that refuses can be replaced by another.
+        Some(via) => Served::Tunneled(Box::new(
+            Box::pin(cx.tunnel.open(&backend.name, via, first.into(), backend.connect_timeout, cx.metrics)).await?,
+        )),
+        None => {
+            let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
+            Box::pin(upstream.stream.write_all(&first)).await?;
+            Served::Forwarded(upstream)
+        }
+    };
     cx.counters.up.fetch_add(already_read.len() as u64, Ordering::Relaxed);
-    Ok(Served::Forwarded(upstream))
+    Ok(served)
 }

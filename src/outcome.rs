@@ -14,6 +14,9 @@ use std::time::Duration;
 pub enum Served {
     /// Connected upstream, header and first bytes written: relay next.
     Forwarded(Upstream),
+    /// The same through a tunnel stream to an agent (boxed: it is larger,
+    /// and every connection's future would reserve its size).
+    Tunneled(Box<crate::tunnel::gateway::Tunneled>),
     /// Answered by the gateway itself (HTTP redirect or error).
     Answered(u16),
 }
@@ -74,6 +77,7 @@ impl Refusal {
             Refusal::Backend(ConnectError::Full { .. }) => "backend_full",
             Refusal::Backend(ConnectError::AllDown { .. }) => "backend_unhealthy",
             Refusal::Backend(ConnectError::Failed { .. }) => "backend_down",
+            Refusal::Backend(ConnectError::NoAgent { .. }) => "no_agent",
             Refusal::Limit(Limit::Connections) => "limit_connections",
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
             Refusal::Limit(Limit::PerClient) => "limit_per_client",
