@@ -186,3 +186,75 @@ impl AgentConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn setup() -> (PathBuf, PrivateKey, PublicKey) {
+        let dir = std::env::temp_dir().join(format!("sni-edge-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = PrivateKey::generate();
+        std::fs::write(dir.join("agent.key"), key.to_text()).unwrap();
+        (dir, key, PrivateKey::generate().public())
+    }
+
+    fn base(gateway: &PublicKey) -> Value {
+        json!({
+            "key_file": "agent.key",
+            "gateways": [{ "address": "gateway.example.test:7443", "public_key": gateway.to_string() }],
+            "targets": { "https": "10.43.0.10:443", "http": "traefik.kube-system.svc.cluster.local:80" }
+        })
+    }
+
+    #[test]
+    fn an_agent_config_is_read_with_its_defaults() {
+        let (dir, key, gateway) = setup();
+        let config = AgentConfig::parse(&base(&gateway).to_string(), &dir).unwrap();
+        assert_eq!(config.key.public(), key.public());
+        assert_eq!(config.gateways[0].key, gateway);
+        assert_eq!(config.gateways[0].address.to_string(), "gateway.example.test:7443");
+        assert_eq!(config.targets["http"].to_string(), "traefik.kube-system.svc.cluster.local:80");
+        assert_eq!(config.timeouts, AgentTimeouts::default());
+        assert_eq!(config.reconnect, Reconnect::default());
+        assert!(is_agent_config(&base(&gateway).to_string()));
+        assert!(!is_agent_config(r#"{ "listeners": [] }"#));
+    }
+
+    #[test]
+    fn every_agent_error_names_its_key() {
+        let (dir, key, gateway) = setup();
+        let edit = |f: &dyn Fn(&mut Value)| {
+            let mut v = base(&gateway);
+            f(&mut v);
+            v.to_string()
+        };
+        let cases: Vec<(String, String)> = vec![
+            (edit(&|v| v["key_file"] = json!("none.key")), format!("key_file: {}: No such file or directory (os error 2)", dir.join("none.key").display())),
+            (edit(&|v| v["gateways"] = json!([])), "gateways: at least one gateway is needed".into()),
+            (edit(&|v| v["gateways"][0]["address"] = json!("gateway.example.test")), "gateways[0].address: \"gateway.example.test\": expected host:port".into()),
+            (edit(&|v| v["gateways"][0]["public_key"] = json!("sni-edge-key:AAAA")), "gateways[0].public_key: 3 bytes, expected 32".into()),
+            (edit(&|v| v["gateways"][0]["public_key"] = json!(key.public().to_string())), "gateways[0].public_key: this is the agent's own key (key_file); the gateway has its own".into()),
+            (edit(&|v| { v["gateways"][0].as_object_mut().unwrap().remove("public_key"); }), "gateways[0] (line 1): missing field `public_key`".into()),
+            (edit(&|v| v["targets"] = json!({})), "targets: at least one target is needed".into()),
+            (edit(&|v| v["targets"]["a/b"] = json!("127.0.0.1:1")), "targets.a/b: a target name uses letters, digits, '-', '_' and '.' only".into()),
+            (edit(&|v| v["targets"]["https"] = json!("10.43.0.10")), "targets.https: \"10.43.0.10\": expected host:port".into()),
+            (edit(&|v| v["timeouts"] = json!({ "connect": "0s" })), "timeouts.connect: must be longer than zero".into()),
+            (edit(&|v| v["reconnect"] = json!({ "min_delay": "2s", "max_delay": "1s" })), "reconnect.max_delay: must be at least reconnect.min_delay".into()),
+            (edit(&|v| v["keepalive"] = json!({ "interval": "2s", "timeout": "2s" })), "keepalive.timeout: must be longer than keepalive.interval".into()),
+            (edit(&|v| v["listeners"] = json!([])), "listeners (line 1): unknown field `listeners`, expected one of `key_file`, `gateways`, `targets`, `timeouts`, `reconnect`, `keepalive`, `log`, `metrics`".into()),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(text, expected)| {
+                let got = match AgentConfig::parse(text, &dir) {
+                    Ok(_) => "accepted".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                (got != *expected).then(|| format!("config {text}\n  expected: {expected}\n  got:      {got}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}
