@@ -53,7 +53,7 @@ fi
 
 say "installing test dependencies from Debian"
 PACKAGES=(nginx haproxy curl openssl chromium iproute2 ethtool libnss3-tools tcpdump procps
-  python3 python3-yaml nix-bin)
+  python3 python3-yaml nix-bin nftables)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -78,6 +78,7 @@ if [ "${SKIP_LAB:-}" = 1 ]; then
   say "lab: SKIPPED (SKIP_LAB=1)"; skipped=$((skipped + 1))
 else
   step "lab" tests/lab/run.sh
+  step "lab: tunnel mode" tests/lab/tunnel.sh
 fi
 
 if [ "${SKIP_AARCH64:-}" = 1 ]; then
