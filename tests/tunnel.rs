@@ -28,6 +28,8 @@ struct TunnelGateway {
     key: PublicKey,
     dir: PathBuf,
     config_path: PathBuf,
+    /// More JSON members for the config's `tunnel` section.
+    tunnel_extra: String,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -41,6 +43,10 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 impl TunnelGateway {
     async fn start(tag: &str, agents: &[PublicKey], proxy: &str) -> TunnelGateway {
+        TunnelGateway::start_with(tag, agents, proxy, "").await
+    }
+
+    async fn start_with(tag: &str, agents: &[PublicKey], proxy: &str, tunnel_extra: &str) -> TunnelGateway {
         let dir = temp_dir(tag);
         let key = PrivateKey::generate();
         key.write_new(&dir.join("gateway.key")).unwrap();
@@ -56,6 +62,7 @@ impl TunnelGateway {
             key: key.public(),
             dir,
             config_path: config_path.clone(),
+            tunnel_extra: tunnel_extra.to_owned(),
             control: mpsc::channel(1).0,
             task: tokio::spawn(async { Ok(()) }),
         };
@@ -79,7 +86,7 @@ impl TunnelGateway {
               ],
               "tunnel": {{
                 "key_file": "gateway.key",
-                "agents": {{ "home": [{}] }},
+                "agents": {{ "home": [{}] }},{}
                 "keepalive_interval": "500ms",
                 "keepalive_timeout": "2s"
               }},
@@ -91,6 +98,7 @@ impl TunnelGateway {
             self.tls,
             self.tunnel,
             keys.join(", "),
+            self.tunnel_extra,
             self.metrics
         );
         std::fs::write(&self.config_path, text).unwrap();
@@ -600,5 +608,38 @@ async fn an_agent_whose_target_is_down_hands_its_clients_to_another() {
     assert_eq!(target.accepted(), 20);
     a.stop().await;
     b.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_peers_are_timed_out_and_limited() {
+    let (target, _received) = Backend::recording().await;
+    let (key, public) = Agent::key();
+    let extra = r#" "handshake_timeout": "300ms", "max_handshakes": 2,"#;
+    let gw = TunnelGateway::start_with("preauth", &[public], "none", extra).await;
+    // Two peers that connect and say nothing hold both handshake places...
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(TcpStream::connect(gw.tunnel).await.unwrap());
+    }
+    // Time for the gateway to accept them (nothing observable to wait for).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a third is closed at once, before any handshake.
+    let started = std::time::Instant::now();
+    assert_eq!(poke(gw.tunnel, b"").await, b"");
+    assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
+    wait_at_least(gw.metrics, "sni_edge_tunnel_auth_failures_total{reason=busy}", 1.0).await;
+    // The silent ones are closed after the handshake timeout.
+    for mut stream in idle {
+        let mut buf = Vec::new();
+        within("the handshake timeout", stream.read_to_end(&mut buf)).await.unwrap();
+        assert!(buf.is_empty());
+    }
+    wait_at_least(gw.metrics, "sni_edge_tunnel_auth_failures_total{reason=timeout}", 2.0).await;
+    // The places are free again: a real agent gets in and serves.
+    let agent = Agent::start(&key, gw.tunnel, gw.key, target.addr);
+    gw.wait_for_agents(1).await;
+    assert_eq!(try_client(&gw).await, b"bye");
+    agent.stop().await;
     gw.stop().await;
 }

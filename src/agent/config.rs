@@ -192,8 +192,8 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn setup() -> (PathBuf, PrivateKey, PublicKey) {
-        let dir = std::env::temp_dir().join(format!("sni-edge-agent-config-{}", std::process::id()));
+    fn setup(test: &str) -> (PathBuf, PrivateKey, PublicKey) {
+        let dir = std::env::temp_dir().join(format!("sni-edge-agent-config-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = PrivateKey::generate();
         std::fs::write(dir.join("agent.key"), key.to_text()).unwrap();
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn an_agent_config_is_read_with_its_defaults() {
-        let (dir, key, gateway) = setup();
+        let (dir, key, gateway) = setup("defaults");
         let config = AgentConfig::parse(&base(&gateway).to_string(), &dir).unwrap();
         assert_eq!(config.key.public(), key.public());
         assert_eq!(config.gateways[0].key, gateway);
@@ -220,11 +220,12 @@ mod tests {
         assert_eq!(config.reconnect, Reconnect::default());
         assert!(is_agent_config(&base(&gateway).to_string()));
         assert!(!is_agent_config(r#"{ "listeners": [] }"#));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn every_agent_error_names_its_key() {
-        let (dir, key, gateway) = setup();
+        let (dir, key, gateway) = setup("errors");
         let edit = |f: &dyn Fn(&mut Value)| {
             let mut v = base(&gateway);
             f(&mut v);
@@ -256,5 +257,6 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

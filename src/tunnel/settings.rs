@@ -147,8 +147,8 @@ mod tests {
     use std::path::PathBuf;
 
     /// A directory with a gateway key (gateway.key) and a bad key file.
-    fn keys() -> (PathBuf, PrivateKey) {
-        let dir = std::env::temp_dir().join(format!("sni-edge-tunnel-config-{}", std::process::id()));
+    fn keys(test: &str) -> (PathBuf, PrivateKey) {
+        let dir = std::env::temp_dir().join(format!("sni-edge-tunnel-config-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = PrivateKey::generate();
         std::fs::write(dir.join("gateway.key"), key.to_text()).unwrap();
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_tunnel_config_is_read_with_its_defaults() {
-        let (dir, _) = keys();
+        let (dir, _) = keys("defaults");
         let agent = PrivateKey::generate().public();
         let config = Config::parse(&base(&agent.to_string()).to_string(), &dir).unwrap();
         let tunnel = config.tunnel.unwrap();
@@ -178,11 +178,12 @@ mod tests {
         let via = config.backends[0].tunnel.clone().unwrap();
         assert_eq!((via.group.as_str(), via.target.as_str()), ("home", "https"));
         assert!(config.backends[0].servers.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn every_tunnel_error_names_its_key() {
-        let (dir, key) = keys();
+        let (dir, key) = keys("errors");
         let agent = PrivateKey::generate().public().to_string();
         let gateway = key.public().to_string();
         let edit = |f: &dyn Fn(&mut Value)| {
@@ -226,5 +227,6 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
