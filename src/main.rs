@@ -150,11 +150,16 @@ fn agent(path: PathBuf, log_level: Option<LogLevel>) -> anyhow::Result<()> {
         tracing::info!(key = %config.key.public(), gateways = config.gateways.len(), "agent starting");
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
         let agent = tokio::spawn(sni_edge::agent::run(config, metrics, stop.clone()));
         sni_edge::systemd::ready("dialing the gateways");
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                // Not the default (which ends the process): a reload request must not drop sessions.
+                _ = hangup.recv() => tracing::warn!("the agent does not reload its config; restart it to apply changes"),
+            }
         }
         sni_edge::systemd::stopping();
         stop.cancel();

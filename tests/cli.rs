@@ -57,16 +57,35 @@ fn help_explains_the_commands() {
     }
 }
 
+/// `text` with each `"key_file": "PATH"` pointing at a new key in `dir`:
+/// the README's tunnel examples name where a key would live on a server.
+fn with_new_keys(text: &str, dir: &Path) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\"key_file\": \"") {
+        let start = at + "\"key_file\": \"".len();
+        let end = start + rest[start..].find('"').unwrap();
+        let key = dir.join(format!("key-{}", out.len()));
+        sni_edge::tunnel::keys::PrivateKey::generate().write_new(&key).unwrap();
+        out.push_str(&rest[..start]);
+        out.push_str(key.to_str().unwrap());
+        rest = &rest[end..];
+    }
+    out + rest
+}
+
 #[test]
 fn the_readme_config_example_passes_check() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let blocks: Vec<&str> = readme.split("```json\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
     assert!(!blocks.is_empty(), "the README has no JSON example");
     for (i, block) in blocks.iter().enumerate() {
-        let path = std::env::temp_dir().join(format!("sni-edge-readme-{}-{i}.json", std::process::id()));
-        std::fs::write(&path, block).unwrap();
+        let dir = std::env::temp_dir().join(format!("sni-edge-readme-{}-{i}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, with_new_keys(block, &dir)).unwrap();
         let (ok, _, stderr) = check(&path);
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(ok, "README JSON block {i} is refused: {stderr}");
     }
 }
