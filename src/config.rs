@@ -580,5 +580,24 @@ fn read_names_file(path: &Path) -> Result<Vec<(String, Pattern)>, ConfigError> {
     Ok(patterns)
 }
 
+/// For tests of config errors: each case whose error is not the expected
+/// "place: message", described; empty when every case is right.
+#[cfg(test)]
+pub(crate) fn wrong_errors<T>(
+    cases: &[(String, String)],
+    parse: impl Fn(&str) -> Result<T, ConfigError>,
+) -> Vec<String> {
+    cases
+        .iter()
+        .filter_map(|(text, expected)| {
+            let got = match parse(text) {
+                Ok(_) => "accepted".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            (got != *expected).then(|| format!("config {text}\n  expected: {expected}\n  got:      {got}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -119,6 +119,10 @@ fn the_agent_notifies_ready_and_stopping() {
         .spawn()
         .unwrap();
     assert!(receive(&notify).contains("READY=1"));
+    // A reload request (SIGHUP) must not end it.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended the agent");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(receive(&notify).contains("STOPPING=1"));
     let status = child.wait().unwrap();

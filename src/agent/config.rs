@@ -246,16 +246,7 @@ mod tests {
             (edit(&|v| v["keepalive"] = json!({ "interval": "2s", "timeout": "2s" })), "keepalive.timeout: must be longer than keepalive.interval".into()),
             (edit(&|v| v["listeners"] = json!([])), "listeners (line 1): unknown field `listeners`, expected one of `key_file`, `gateways`, `targets`, `timeouts`, `reconnect`, `keepalive`, `log`, `metrics`".into()),
         ];
-        let wrong: Vec<String> = cases
-            .iter()
-            .filter_map(|(text, expected)| {
-                let got = match AgentConfig::parse(text, &dir) {
-                    Ok(_) => "accepted".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                (got != *expected).then(|| format!("config {text}\n  expected: {expected}\n  got:      {got}"))
-            })
-            .collect();
+        let wrong = crate::config::wrong_errors(&cases, |text| AgentConfig::parse(text, &dir));
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         let _ = std::fs::remove_dir_all(&dir);
     }

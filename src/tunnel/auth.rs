@@ -63,6 +63,10 @@ pub fn peer_key(certificates: Option<&[CertificateDer<'_>]>) -> Option<PublicKey
     PublicKey::from_spki(certificates?.first()?)
 }
 
+fn tls12_refused() -> Result<HandshakeSignatureValid, Error> {
+    Err(Error::General("the tunnel speaks TLS 1.3 only".into()))
+}
+
 /// Accepts exactly the listed keys, as raw public keys.
 #[derive(Debug)]
 struct Pinned {
@@ -113,7 +117,7 @@ impl ServerCertVerifier for Pinned {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("the tunnel speaks TLS 1.3 only".into()))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -157,7 +161,7 @@ impl ClientCertVerifier for Pinned {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("the tunnel speaks TLS 1.3 only".into()))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(

@@ -216,16 +216,7 @@ mod tests {
             (edit(&|v| v["backends"]["home"]["agents"] = json!("away")), "backends.home.agents: no group \"away\" in tunnel.agents (groups: home)".into()),
             (edit(&|v| v["backends"]["home"]["health_check"] = json!({})), "backends.home.health_check: agents are checked by the tunnel's keepalives".into()),
         ];
-        let wrong: Vec<String> = cases
-            .iter()
-            .filter_map(|(text, expected)| {
-                let got = match Config::parse(text, &dir) {
-                    Ok(_) => "accepted".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                (got != *expected).then(|| format!("config {text}\n  expected: {expected}\n  got:      {got}"))
-            })
-            .collect();
+        let wrong = crate::config::wrong_errors(&cases, |text| Config::parse(text, &dir));
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         let _ = std::fs::remove_dir_all(&dir);
     }
