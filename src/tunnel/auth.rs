@@ -63,8 +63,36 @@ pub fn peer_key(certificates: Option<&[CertificateDer<'_>]>) -> Option<PublicKey
     PublicKey::from_spki(certificates?.first()?)
 }
 
-fn tls12_refused() -> Result<HandshakeSignatureValid, Error> {
-    Err(Error::General("the tunnel speaks TLS 1.3 only".into()))
+/// The signature methods, the same for both verifier traits: TLS 1.3
+/// Ed25519 signatures by a listed raw public key, nothing else.
+macro_rules! pinned_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            Err(Error::General("the tunnel speaks TLS 1.3 only".into()))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![SignatureScheme::ED25519]
+        }
+
+        fn requires_raw_public_keys(&self) -> bool {
+            true
+        }
+    };
 }
 
 /// Accepts exactly the listed keys, as raw public keys.
@@ -111,31 +139,7 @@ impl ServerCertVerifier for Pinned {
         self.check(end_entity).map(|()| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tls12_refused()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        true
-    }
+    pinned_signatures!();
 }
 
 impl ClientCertVerifier for Pinned {
@@ -155,29 +159,63 @@ impl ClientCertVerifier for Pinned {
         self.check(end_entity).map(|()| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tls12_refused()
+    pinned_signatures!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a handshake over an in-memory pipe; Ok(the key the gateway saw).
+    async fn handshake(
+        gateway: Arc<rustls::ServerConfig>,
+        agent: Arc<rustls::ClientConfig>,
+    ) -> Result<Option<PublicKey>, String> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = async {
+            let tls = tokio_rustls::TlsAcceptor::from(gateway).accept(b).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(peer_key(tls.get_ref().1.peer_certificates()))
+        };
+        let client = tokio_rustls::TlsConnector::from(agent).connect(server_name(), a);
+        let (server, client) = tokio::join!(server, client);
+        let seen = server?;
+        client.map_err(|e| e.to_string())?;
+        Ok(seen)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.signature(message, cert, dss)
+    /// An agent config whose client certificate is `presented` but whose
+    /// signatures are made with `signer`.
+    fn agent_presenting(signer: &PrivateKey, presented: PublicKey, gateway: PublicKey) -> Arc<rustls::ClientConfig> {
+        let mut certified = (*signer.certified()).clone();
+        certified.cert = vec![CertificateDer::from(presented.spki())];
+        let verifier = Arc::new(Pinned {
+            keys: HashSet::from([gateway]),
+            algorithms: provider().signature_verification_algorithms,
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(Arc::new(
+                certified,
+            ))));
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Arc::new(config)
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        true
+    #[tokio::test]
+    async fn only_the_holder_of_a_listed_key_gets_in() {
+        let (gateway, agent, stranger) = (PrivateKey::generate(), PrivateKey::generate(), PrivateKey::generate());
+        let server = gateway_config(&gateway, HashSet::from([agent.public()]));
+        let seen = handshake(server.clone(), agent_config(&agent, gateway.public())).await.unwrap();
+        assert_eq!(seen, Some(agent.public()));
+        // Not listed.
+        assert!(handshake(server.clone(), agent_config(&stranger, gateway.public())).await.is_err());
+        // A listed key presented by someone who cannot sign with it.
+        let forged = agent_presenting(&stranger, agent.public(), gateway.public());
+        assert!(handshake(server.clone(), forged).await.is_err());
+        // The agent refuses a gateway whose key it does not expect.
+        assert!(handshake(server, agent_config(&agent, stranger.public())).await.is_err());
     }
 }
