@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The measuring half of bench/run.sh (which builds the namespaces and cleans up).
 
-Starts the backend and the four gateways, runs every load against every target in
-interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
+Starts the backend, the four gateways and sni-edge in tunnel mode (gateway + agent), runs every
+load against every target in interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR.
 """
@@ -43,7 +43,10 @@ NICE = E.get("BENCH_NICE", "-10")
 
 # name, address, port the client connects to
 TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
-           ("sniproxy", GW, 446)]
+           ("sniproxy", GW, 446), ("tunnel", GW, 447)]
+# Tunnel mode: the gateway's tunnel listener on its backend side, where the agent (in the
+# backend's namespace, as at home) dials in. Its CPU and memory figures are gateway + agent.
+TUNNEL = "192.0.2.1:7443"
 GATEWAYS = [t for t in TARGETS if t[0] != "direct"]
 T0 = time.monotonic()
 
@@ -197,6 +200,31 @@ http {{
         "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
                    "max_connections_per_client": 40000},
     }, indent=2))
+    keys = {}
+    for who in ("tunnel-gateway", "tunnel-agent"):
+        path = f"{WORK}/{who}.key"
+        if os.path.exists(path):
+            os.remove(path)
+        keys[who] = subprocess.run([SNI_EDGE, "keygen", "--out", path], capture_output=True, text=True,
+                                   check=True).stdout.strip()
+        os.chmod(path, 0o644)  # the work directory is the bench's own
+    write(f"{WORK}/tunnel-gateway.json", json.dumps({
+        "log": {"level": "warn", "format": "text"},
+        "listeners": [{"address": f"{GW}:447", "protocol": "tls"}, {"address": TUNNEL, "protocol": "tunnel"}],
+        "tunnel": {"key_file": f"{WORK}/tunnel-gateway.key", "agents": {"home": [keys["tunnel-agent"]]}},
+        "routes": [{"names": [SNI], "backend": "bench"}],
+        "backends": {"bench": {"agents": "home", "target": "https", "proxy_protocol": "v2"}},
+        "timeouts": {"client_hello": "5s", "idle": "10m"},
+        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
+                   "max_connections_per_client": 40000},
+    }, indent=2))
+    write(f"{WORK}/tunnel-agent.json", json.dumps({
+        "key_file": f"{WORK}/tunnel-agent.key",
+        "gateways": [{"address": TUNNEL, "public_key": keys["tunnel-gateway"]}],
+        "targets": {"https": f"{BE}:443"},
+        "timeouts": {"idle": "10m"},
+        "log": {"level": "warn", "format": "text"},
+    }, indent=2))
     write(f"{WORK}/haproxy.cfg", f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
@@ -255,18 +283,27 @@ def start_all():
     p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/sni-edge.json"], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"bench: sni-edge check failed: {r.stderr}")
+    for config in ("sni-edge", "tunnel-gateway", "tunnel-agent"):
+        r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/{config}.json"], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"bench: sni-edge check of {config}.json failed: {r.stderr}")
     cmds = {
         "sni-edge": [SNI_EDGE, "run", "--config", f"{WORK}/sni-edge.json"],
         "haproxy": ["haproxy", "-db", "-f", f"{WORK}/haproxy.cfg"],
         "nginx": ["nginx", "-c", f"{WORK}/nginx-gw/nginx.conf"],
         "sniproxy": ["sniproxy", "-f", "-c", f"{WORK}/sniproxy/sniproxy.conf"],
+        "tunnel": [SNI_EDGE, "run", "--config", f"{WORK}/tunnel-gateway.json"],
     }
     for name, ip, port in GATEWAYS:
         procs[name] = start(name, NS_G, 1, cmds[name])
         wait_listen(name, NS_G, ip, port, procs[name])
+    procs["agent"] = start("agent", NS_B, 1, [SNI_EDGE, "agent", "--config", f"{WORK}/tunnel-agent.json"])
+    for _ in range(100):  # until the agent's session is up
+        if established(NS_G, int(TUNNEL.rsplit(":", 1)[1])) > 0:
+            break
+        time.sleep(0.1)
+    else:
+        sys.exit("bench: the tunnel agent did not connect\n" + open(f"{WORK}/agent.log").read()[-2000:])
     time.sleep(0.5)
     return procs
 
@@ -306,6 +343,7 @@ def main():
     configs()
     procs = start_all()
     pids = {name: (lambda p=procs[name]: tree(p.pid)) for name, _, _ in GATEWAYS}
+    pids["tunnel"] = lambda: tree(procs["tunnel"].pid) + tree(procs["agent"].pid)
     R = {name: {} for name, _, _ in TARGETS}
 
     def add(target, key, value):
