@@ -43,10 +43,15 @@ NICE = E.get("BENCH_NICE", "-10")
 
 # name, address, port the client connects to
 TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
-           ("sniproxy", GW, 446), ("tunnel", GW, 447)]
+           ("sniproxy", GW, 446), ("tunnel", GW, 447), ("ssh-R", GW, 448)]
 # Tunnel mode: the gateway's tunnel listener on its backend side, where the agent (in the
 # backend's namespace, as at home) dials in. Its CPU and memory figures are gateway + agent.
 TUNNEL = "192.0.2.1:7443"
+# The way people do it without tunnel mode: an OpenSSH remote forward from home (ssh -R, here
+# without autossh, which only restarts it) to sshd on the gateway, and sni-edge on the gateway
+# forwarding to the port sshd opened. Its figures are sni-edge + sshd + the ssh client together.
+SSHD = ("192.0.2.1", 2222)
+SSH_FORWARD = 8448
 GATEWAYS = [t for t in TARGETS if t[0] != "direct"]
 T0 = time.monotonic()
 
@@ -225,6 +230,35 @@ http {{
         "timeouts": {"idle": "10m"},
         "log": {"level": "warn", "format": "text"},
     }, indent=2))
+    ssh = f"{WORK}/ssh"
+    os.makedirs(ssh, exist_ok=True)
+    for key in ("host", "client"):
+        if not os.path.exists(f"{ssh}/{key}"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{ssh}/{key}"], check=True)
+    with open(f"{ssh}/client.pub") as src, open(f"{ssh}/authorized_keys", "w") as dst:
+        dst.write(src.read())
+    write(f"{ssh}/sshd_config", f"""ListenAddress {SSHD[0]}:{SSHD[1]}
+HostKey {ssh}/host
+AuthorizedKeysFile {ssh}/authorized_keys
+PidFile {ssh}/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding remote
+GatewayPorts no
+MaxStartups 100
+""")
+    write(f"{WORK}/ssh-forwarder.json", json.dumps({
+        "log": {"level": "warn", "format": "text"},
+        "listeners": [{"address": f"{GW}:448", "protocol": "tls"}],
+        "routes": [{"names": [SNI], "backend": "bench"}],
+        "backends": {"bench": {"servers": [f"127.0.0.1:{SSH_FORWARD}"], "proxy_protocol": "v2"}},
+        "timeouts": {"client_hello": "5s", "idle": "10m"},
+        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
+                   "max_connections_per_client": 40000},
+    }, indent=2))
     write(f"{WORK}/haproxy.cfg", f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
@@ -283,7 +317,7 @@ def start_all():
     p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    for config in ("sni-edge", "tunnel-gateway", "tunnel-agent"):
+    for config in ("sni-edge", "tunnel-gateway", "tunnel-agent", "ssh-forwarder"):
         r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/{config}.json"], capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"bench: sni-edge check of {config}.json failed: {r.stderr}")
@@ -293,7 +327,17 @@ def start_all():
         "nginx": ["nginx", "-c", f"{WORK}/nginx-gw/nginx.conf"],
         "sniproxy": ["sniproxy", "-f", "-c", f"{WORK}/sniproxy/sniproxy.conf"],
         "tunnel": [SNI_EDGE, "run", "--config", f"{WORK}/tunnel-gateway.json"],
+        "ssh-R": [SNI_EDGE, "run", "--config", f"{WORK}/ssh-forwarder.json"],
     }
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    procs["sshd"] = start("sshd", NS_G, 1, ["/usr/sbin/sshd", "-D", "-e", "-f", f"{WORK}/ssh/sshd_config"])
+    wait_listen("sshd", NS_G, SSHD[0], SSHD[1], procs["sshd"])
+    procs["ssh"] = start("ssh", NS_B, 1, [
+        "ssh", "-N", "-F", "/dev/null", "-i", f"{WORK}/ssh/client", "-p", str(SSHD[1]),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+        "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=4",
+        "-R", f"127.0.0.1:{SSH_FORWARD}:{BE}:443", f"root@{SSHD[0]}"])
+    wait_listen("ssh", NS_G, "127.0.0.1", SSH_FORWARD, procs["ssh"])
     for name, ip, port in GATEWAYS:
         procs[name] = start(name, NS_G, 1, cmds[name])
         wait_listen(name, NS_G, ip, port, procs[name])
@@ -344,6 +388,7 @@ def main():
     procs = start_all()
     pids = {name: (lambda p=procs[name]: tree(p.pid)) for name, _, _ in GATEWAYS}
     pids["tunnel"] = lambda: tree(procs["tunnel"].pid) + tree(procs["agent"].pid)
+    pids["ssh-R"] = lambda: tree(procs["ssh-R"].pid) + tree(procs["sshd"].pid) + tree(procs["ssh"].pid)
     R = {name: {} for name, _, _ in TARGETS}
 
     def add(target, key, value):

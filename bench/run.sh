@@ -32,7 +32,8 @@ ensure_packages() {
   local missing=() pair cmd pkg
   for pair in nginx:nginx haproxy:haproxy sniproxy:sniproxy curl:curl openssl:openssl \
               ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3 taskset:util-linux \
-              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git; do
+              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git ssh:openssh-client \
+              sshd:openssh-server; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
