@@ -159,6 +159,21 @@ def tcp_out_segs(ns):
 
 
 # --- configs -------------------------------------------------------------------------------------
+def sni_edge_config(port, backend, listeners=(), **extra):
+    """A gateway config for sni-edge on GW:port, its one route to `backend` (PROXY v2), limits
+    high enough for every load here."""
+    return json.dumps({
+        "log": {"level": "warn", "format": "text"},
+        "listeners": [{"address": f"{GW}:{port}", "protocol": "tls"}, *listeners],
+        "routes": [{"names": [SNI], "backend": "bench"}],
+        "backends": {"bench": {**backend, "proxy_protocol": "v2"}},
+        "timeouts": {"client_hello": "5s", "idle": "10m"},
+        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
+                   "max_connections_per_client": 40000},
+        **extra,
+    }, indent=2)
+
+
 def configs():
     tls = f"{WORK}/tls"
     for d in ("backend", "nginx-gw", "sniproxy", "www"):
@@ -196,15 +211,7 @@ http {{
   }}
 }}
 """)
-    write(f"{WORK}/sni-edge.json", json.dumps({
-        "log": {"level": "warn", "format": "text"},
-        "listeners": [{"address": f"{GW}:443", "protocol": "tls"}],
-        "routes": [{"names": [SNI], "backend": "bench"}],
-        "backends": {"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}},
-        "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
-                   "max_connections_per_client": 40000},
-    }, indent=2))
+    write(f"{WORK}/sni-edge.json", sni_edge_config(443, {"servers": [f"{BE}:443"]}))
     keys = {}
     for who in ("tunnel-gateway", "tunnel-agent"):
         path = f"{WORK}/{who}.key"
@@ -213,16 +220,10 @@ http {{
         keys[who] = subprocess.run([SNI_EDGE, "keygen", "--out", path], capture_output=True, text=True,
                                    check=True).stdout.strip()
         os.chmod(path, 0o644)  # the work directory is the bench's own
-    write(f"{WORK}/tunnel-gateway.json", json.dumps({
-        "log": {"level": "warn", "format": "text"},
-        "listeners": [{"address": f"{GW}:447", "protocol": "tls"}, {"address": TUNNEL, "protocol": "tunnel"}],
-        "tunnel": {"key_file": f"{WORK}/tunnel-gateway.key", "agents": {"home": [keys["tunnel-agent"]]}},
-        "routes": [{"names": [SNI], "backend": "bench"}],
-        "backends": {"bench": {"agents": "home", "target": "https", "proxy_protocol": "v2"}},
-        "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
-                   "max_connections_per_client": 40000},
-    }, indent=2))
+    write(f"{WORK}/tunnel-gateway.json", sni_edge_config(
+        447, {"agents": "home", "target": "https"},
+        listeners=[{"address": TUNNEL, "protocol": "tunnel"}],
+        tunnel={"key_file": f"{WORK}/tunnel-gateway.key", "agents": {"home": [keys["tunnel-agent"]]}}))
     write(f"{WORK}/tunnel-agent.json", json.dumps({
         "key_file": f"{WORK}/tunnel-agent.key",
         "gateways": [{"address": TUNNEL, "public_key": keys["tunnel-gateway"]}],
@@ -250,15 +251,7 @@ AllowTcpForwarding remote
 GatewayPorts no
 MaxStartups 100
 """)
-    write(f"{WORK}/ssh-forwarder.json", json.dumps({
-        "log": {"level": "warn", "format": "text"},
-        "listeners": [{"address": f"{GW}:448", "protocol": "tls"}],
-        "routes": [{"names": [SNI], "backend": "bench"}],
-        "backends": {"bench": {"servers": [f"127.0.0.1:{SSH_FORWARD}"], "proxy_protocol": "v2"}},
-        "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
-                   "max_connections_per_client": 40000},
-    }, indent=2))
+    write(f"{WORK}/ssh-forwarder.json", sni_edge_config(448, {"servers": [f"127.0.0.1:{SSH_FORWARD}"]}))
     write(f"{WORK}/haproxy.cfg", f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
