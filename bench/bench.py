@@ -11,6 +11,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,14 @@ NICE = E.get("BENCH_NICE", "-10")
 # name, address, port the client connects to
 TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
            ("sniproxy", GW, 446), ("tunnel", GW, 447), ("ssh-R", GW, 448)]
+# rathole 0.5 (`cargo install rathole`), Noise transport, if installed: its server on the gateway,
+# its client in the backend's namespace, sni-edge on the gateway forwarding to the port the rathole
+# server opens. Figures: sni-edge + both rathole processes.
+RATHOLE = E.get("RATHOLE") or shutil.which("rathole") or os.path.expanduser("~/.cargo/bin/rathole")
+if os.access(RATHOLE, os.X_OK):
+    TARGETS.append(("rathole", GW, 449))
+RATHOLE_SERVER = ("192.0.2.1", 2333)
+RATHOLE_FORWARD = 8449
 # Tunnel mode: the gateway's tunnel listener on its backend side, where the agent (in the
 # backend's namespace, as at home) dials in. Its CPU and memory figures are gateway + agent.
 TUNNEL = "192.0.2.1:7443"
@@ -252,6 +261,30 @@ GatewayPorts no
 MaxStartups 100
 """)
     write(f"{WORK}/ssh-forwarder.json", sni_edge_config(448, {"servers": [f"127.0.0.1:{SSH_FORWARD}"]}))
+    if any(t[0] == "rathole" for t in TARGETS):
+        keys = subprocess.run([RATHOLE, "--genkey"], capture_output=True, text=True, check=True).stdout
+        private, public = re.findall(r"Key:\s*\n(\S+)", keys)
+        write(f"{WORK}/rathole/server.toml", f"""[server]
+bind_addr = "{RATHOLE_SERVER[0]}:{RATHOLE_SERVER[1]}"
+[server.transport]
+type = "noise"
+[server.transport.noise]
+local_private_key = "{private}"
+[server.services.bench]
+token = "bench-{os.getpid()}"
+bind_addr = "127.0.0.1:{RATHOLE_FORWARD}"
+""")
+        write(f"{WORK}/rathole/client.toml", f"""[client]
+remote_addr = "{RATHOLE_SERVER[0]}:{RATHOLE_SERVER[1]}"
+[client.transport]
+type = "noise"
+[client.transport.noise]
+remote_public_key = "{public}"
+[client.services.bench]
+token = "bench-{os.getpid()}"
+local_addr = "{BE}:443"
+""")
+        write(f"{WORK}/rathole-forwarder.json", sni_edge_config(449, {"servers": [f"127.0.0.1:{RATHOLE_FORWARD}"]}))
     write(f"{WORK}/haproxy.cfg", f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
@@ -310,7 +343,8 @@ def start_all():
     p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    for config in ("sni-edge", "tunnel-gateway", "tunnel-agent", "ssh-forwarder"):
+    rathole = ("rathole-forwarder",) if any(t[0] == "rathole" for t in TARGETS) else ()
+    for config in ("sni-edge", "tunnel-gateway", "tunnel-agent", "ssh-forwarder", *rathole):
         r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/{config}.json"], capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"bench: sni-edge check of {config}.json failed: {r.stderr}")
@@ -331,6 +365,12 @@ def start_all():
         "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=4",
         "-R", f"127.0.0.1:{SSH_FORWARD}:{BE}:443", f"root@{SSHD[0]}"])
     wait_listen("ssh", NS_G, "127.0.0.1", SSH_FORWARD, procs["ssh"])
+    if "rathole" in (t[0] for t in TARGETS):
+        cmds["rathole"] = [SNI_EDGE, "run", "--config", f"{WORK}/rathole-forwarder.json"]
+        procs["rathole-server"] = start("rathole-server", NS_G, 1, [RATHOLE, "-s", f"{WORK}/rathole/server.toml"])
+        wait_listen("rathole-server", NS_G, *RATHOLE_SERVER, procs["rathole-server"])
+        procs["rathole-client"] = start("rathole-client", NS_B, 1, [RATHOLE, "-c", f"{WORK}/rathole/client.toml"])
+        wait_listen("rathole-server", NS_G, "127.0.0.1", RATHOLE_FORWARD, procs["rathole-server"])
     for name, ip, port in GATEWAYS:
         procs[name] = start(name, NS_G, 1, cmds[name])
         wait_listen(name, NS_G, ip, port, procs[name])
@@ -382,6 +422,9 @@ def main():
     pids = {name: (lambda p=procs[name]: tree(p.pid)) for name, _, _ in GATEWAYS}
     pids["tunnel"] = lambda: tree(procs["tunnel"].pid) + tree(procs["agent"].pid)
     pids["ssh-R"] = lambda: tree(procs["ssh-R"].pid) + tree(procs["sshd"].pid) + tree(procs["ssh"].pid)
+    if "rathole" in procs:
+        pids["rathole"] = lambda: (tree(procs["rathole"].pid) + tree(procs["rathole-server"].pid)
+                                   + tree(procs["rathole-client"].pid))
     R = {name: {} for name, _, _ in TARGETS}
 
     def add(target, key, value):
