@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The measuring half of bench/run.sh (which builds the namespaces and cleans up).
 
-Starts the backend, the four gateways and sni-edge in tunnel mode (gateway + agent), runs every
-load against every target in interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
+Starts the backend and the four gateways, runs every load against every target in
+interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR.
 """
@@ -11,7 +11,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,23 +43,7 @@ NICE = E.get("BENCH_NICE", "-10")
 
 # name, address, port the client connects to
 TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("haproxy", GW, 444), ("nginx", GW, 445),
-           ("sniproxy", GW, 446), ("tunnel", GW, 447), ("ssh-R", GW, 448)]
-# rathole 0.5 (`cargo install rathole`), Noise transport, if installed: its server on the gateway,
-# its client in the backend's namespace, sni-edge on the gateway forwarding to the port the rathole
-# server opens. Figures: sni-edge + both rathole processes.
-RATHOLE = E.get("RATHOLE") or shutil.which("rathole") or os.path.expanduser("~/.cargo/bin/rathole")
-if os.access(RATHOLE, os.X_OK):
-    TARGETS.append(("rathole", GW, 449))
-RATHOLE_SERVER = ("192.0.2.1", 2333)
-RATHOLE_FORWARD = 8449
-# Tunnel mode: the gateway's tunnel listener on its backend side, where the agent (in the
-# backend's namespace, as at home) dials in. Its CPU and memory figures are gateway + agent.
-TUNNEL = "192.0.2.1:7443"
-# The way people do it without tunnel mode: an OpenSSH remote forward from home (ssh -R, here
-# without autossh, which only restarts it) to sshd on the gateway, and sni-edge on the gateway
-# forwarding to the port sshd opened. Its figures are sni-edge + sshd + the ssh client together.
-SSHD = ("192.0.2.1", 2222)
-SSH_FORWARD = 8448
+           ("sniproxy", GW, 446)]
 GATEWAYS = [t for t in TARGETS if t[0] != "direct"]
 T0 = time.monotonic()
 
@@ -168,21 +151,6 @@ def tcp_out_segs(ns):
 
 
 # --- configs -------------------------------------------------------------------------------------
-def sni_edge_config(port, backend, listeners=(), **extra):
-    """A gateway config for sni-edge on GW:port, its one route to `backend` (PROXY v2), limits
-    high enough for every load here."""
-    return json.dumps({
-        "log": {"level": "warn", "format": "text"},
-        "listeners": [{"address": f"{GW}:{port}", "protocol": "tls"}, *listeners],
-        "routes": [{"names": [SNI], "backend": "bench"}],
-        "backends": {"bench": {**backend, "proxy_protocol": "v2"}},
-        "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
-                   "max_connections_per_client": 40000},
-        **extra,
-    }, indent=2)
-
-
 def configs():
     tls = f"{WORK}/tls"
     for d in ("backend", "nginx-gw", "sniproxy", "www"):
@@ -220,71 +188,15 @@ http {{
   }}
 }}
 """)
-    write(f"{WORK}/sni-edge.json", sni_edge_config(443, {"servers": [f"{BE}:443"]}))
-    keys = {}
-    for who in ("tunnel-gateway", "tunnel-agent"):
-        path = f"{WORK}/{who}.key"
-        if os.path.exists(path):
-            os.remove(path)
-        keys[who] = subprocess.run([SNI_EDGE, "keygen", "--out", path], capture_output=True, text=True,
-                                   check=True).stdout.strip()
-        os.chmod(path, 0o644)  # the work directory is the bench's own
-    write(f"{WORK}/tunnel-gateway.json", sni_edge_config(
-        447, {"agents": "home", "target": "https"},
-        listeners=[{"address": TUNNEL, "protocol": "tunnel"}],
-        tunnel={"key_file": f"{WORK}/tunnel-gateway.key", "agents": {"home": [keys["tunnel-agent"]]}}))
-    write(f"{WORK}/tunnel-agent.json", json.dumps({
-        "key_file": f"{WORK}/tunnel-agent.key",
-        "gateways": [{"address": TUNNEL, "public_key": keys["tunnel-gateway"]}],
-        "targets": {"https": f"{BE}:443"},
-        "timeouts": {"idle": "10m"},
+    write(f"{WORK}/sni-edge.json", json.dumps({
         "log": {"level": "warn", "format": "text"},
+        "listeners": [{"address": f"{GW}:443", "protocol": "tls"}],
+        "routes": [{"names": [SNI], "backend": "bench"}],
+        "backends": {"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}},
+        "timeouts": {"client_hello": "5s", "idle": "10m"},
+        "limits": {"max_connections": 40000, "max_pending_handshakes": 4000,
+                   "max_connections_per_client": 40000},
     }, indent=2))
-    ssh = f"{WORK}/ssh"
-    os.makedirs(ssh, exist_ok=True)
-    for key in ("host", "client"):
-        if not os.path.exists(f"{ssh}/{key}"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{ssh}/{key}"], check=True)
-    with open(f"{ssh}/client.pub") as src, open(f"{ssh}/authorized_keys", "w") as dst:
-        dst.write(src.read())
-    write(f"{ssh}/sshd_config", f"""ListenAddress {SSHD[0]}:{SSHD[1]}
-HostKey {ssh}/host
-AuthorizedKeysFile {ssh}/authorized_keys
-PidFile {ssh}/sshd.pid
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowTcpForwarding remote
-GatewayPorts no
-MaxStartups 100
-""")
-    write(f"{WORK}/ssh-forwarder.json", sni_edge_config(448, {"servers": [f"127.0.0.1:{SSH_FORWARD}"]}))
-    if any(t[0] == "rathole" for t in TARGETS):
-        keys = subprocess.run([RATHOLE, "--genkey"], capture_output=True, text=True, check=True).stdout
-        private, public = re.findall(r"Key:\s*\n(\S+)", keys)
-        write(f"{WORK}/rathole/server.toml", f"""[server]
-bind_addr = "{RATHOLE_SERVER[0]}:{RATHOLE_SERVER[1]}"
-[server.transport]
-type = "noise"
-[server.transport.noise]
-local_private_key = "{private}"
-[server.services.bench]
-token = "bench-{os.getpid()}"
-bind_addr = "127.0.0.1:{RATHOLE_FORWARD}"
-""")
-        write(f"{WORK}/rathole/client.toml", f"""[client]
-remote_addr = "{RATHOLE_SERVER[0]}:{RATHOLE_SERVER[1]}"
-[client.transport]
-type = "noise"
-[client.transport.noise]
-remote_public_key = "{public}"
-[client.services.bench]
-token = "bench-{os.getpid()}"
-local_addr = "{BE}:443"
-""")
-        write(f"{WORK}/rathole-forwarder.json", sni_edge_config(449, {"servers": [f"127.0.0.1:{RATHOLE_FORWARD}"]}))
     write(f"{WORK}/haproxy.cfg", f"""global
   maxconn {HAPROXY_MAXCONN}
   nbthread 1
@@ -343,44 +255,18 @@ def start_all():
     p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    rathole = ("rathole-forwarder",) if any(t[0] == "rathole" for t in TARGETS) else ()
-    for config in ("sni-edge", "tunnel-gateway", "tunnel-agent", "ssh-forwarder", *rathole):
-        r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/{config}.json"], capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"bench: sni-edge check of {config}.json failed: {r.stderr}")
+    r = subprocess.run([SNI_EDGE, "check", "--config", f"{WORK}/sni-edge.json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench: sni-edge check failed: {r.stderr}")
     cmds = {
         "sni-edge": [SNI_EDGE, "run", "--config", f"{WORK}/sni-edge.json"],
         "haproxy": ["haproxy", "-db", "-f", f"{WORK}/haproxy.cfg"],
         "nginx": ["nginx", "-c", f"{WORK}/nginx-gw/nginx.conf"],
         "sniproxy": ["sniproxy", "-f", "-c", f"{WORK}/sniproxy/sniproxy.conf"],
-        "tunnel": [SNI_EDGE, "run", "--config", f"{WORK}/tunnel-gateway.json"],
-        "ssh-R": [SNI_EDGE, "run", "--config", f"{WORK}/ssh-forwarder.json"],
     }
-    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    procs["sshd"] = start("sshd", NS_G, 1, ["/usr/sbin/sshd", "-D", "-e", "-f", f"{WORK}/ssh/sshd_config"])
-    wait_listen("sshd", NS_G, SSHD[0], SSHD[1], procs["sshd"])
-    procs["ssh"] = start("ssh", NS_B, 1, [
-        "ssh", "-N", "-F", "/dev/null", "-i", f"{WORK}/ssh/client", "-p", str(SSHD[1]),
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-        "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=4",
-        "-R", f"127.0.0.1:{SSH_FORWARD}:{BE}:443", f"root@{SSHD[0]}"])
-    wait_listen("ssh", NS_G, "127.0.0.1", SSH_FORWARD, procs["ssh"])
-    if "rathole" in (t[0] for t in TARGETS):
-        cmds["rathole"] = [SNI_EDGE, "run", "--config", f"{WORK}/rathole-forwarder.json"]
-        procs["rathole-server"] = start("rathole-server", NS_G, 1, [RATHOLE, "-s", f"{WORK}/rathole/server.toml"])
-        wait_listen("rathole-server", NS_G, *RATHOLE_SERVER, procs["rathole-server"])
-        procs["rathole-client"] = start("rathole-client", NS_B, 1, [RATHOLE, "-c", f"{WORK}/rathole/client.toml"])
-        wait_listen("rathole-server", NS_G, "127.0.0.1", RATHOLE_FORWARD, procs["rathole-server"])
     for name, ip, port in GATEWAYS:
         procs[name] = start(name, NS_G, 1, cmds[name])
         wait_listen(name, NS_G, ip, port, procs[name])
-    procs["agent"] = start("agent", NS_B, 1, [SNI_EDGE, "agent", "--config", f"{WORK}/tunnel-agent.json"])
-    for _ in range(100):  # until the agent's session is up
-        if established(NS_G, int(TUNNEL.rsplit(":", 1)[1])) > 0:
-            break
-        time.sleep(0.1)
-    else:
-        sys.exit("bench: the tunnel agent did not connect\n" + open(f"{WORK}/agent.log").read()[-2000:])
     time.sleep(0.5)
     return procs
 
@@ -420,11 +306,6 @@ def main():
     configs()
     procs = start_all()
     pids = {name: (lambda p=procs[name]: tree(p.pid)) for name, _, _ in GATEWAYS}
-    pids["tunnel"] = lambda: tree(procs["tunnel"].pid) + tree(procs["agent"].pid)
-    pids["ssh-R"] = lambda: tree(procs["ssh-R"].pid) + tree(procs["sshd"].pid) + tree(procs["ssh"].pid)
-    if "rathole" in procs:
-        pids["rathole"] = lambda: (tree(procs["rathole"].pid) + tree(procs["rathole-server"].pid)
-                                   + tree(procs["rathole-client"].pid))
     R = {name: {} for name, _, _ in TARGETS}
 
     def add(target, key, value):

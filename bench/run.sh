@@ -12,9 +12,8 @@
 #
 # Topology (network namespaces, veth, RFC 5737 addresses):
 #   client 198.51.100.10 --- 198.51.100.1 gateway 192.0.2.1 --- 192.0.2.20 backend
-# The gateway namespace runs all four gateways (on ports 443..446) and sni-edge in tunnel mode (447,
-# its agent in the backend namespace dialing 192.0.2.1:7443); only the one being measured is
-# busy. It also routes in the kernel for the direct path (client -> backend:8443, no gateway
+# The gateway namespace runs all four gateways (on ports 443..446; only the one being measured
+# is busy) and routes in the kernel for the direct path (client -> backend:8443, no gateway
 # process). Load generator on CPU 0; gateways and backend on CPU 1 (taskset).
 set -uo pipefail
 
@@ -32,8 +31,7 @@ ensure_packages() {
   local missing=() pair cmd pkg
   for pair in nginx:nginx haproxy:haproxy sniproxy:sniproxy curl:curl openssl:openssl \
               ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3 taskset:util-linux \
-              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git ssh:openssh-client \
-              sshd:openssh-server; do
+              setsid:util-linux sysctl:procps nstat:iproute2 gcc:gcc git:git; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
