@@ -3,7 +3,7 @@
 #
 # Usage: fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  time per target, default 60 (libFuzzer -max_total_time; the build is not counted)
-#   TARGET   default: every target (client_hello proxy_header http_head)
+#   TARGET   default: every target (client_hello proxy_header http_head tunnel_status)
 # Environment:
 #   SANITIZER  none (default; the parsers are safe Rust) or address (needs nightly features: RUSTC_BOOTSTRAP=1 is set)
 #   CARGO_TARGET_DIR  where to build, default fuzz/target
@@ -17,7 +17,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(client_hello proxy_header http_head)
+    targets=(client_hello proxy_header http_head tunnel_status)
 fi
 sanitizer=${SANITIZER:-none}
 if [ "$sanitizer" != none ]; then

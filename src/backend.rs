@@ -116,6 +116,9 @@ pub struct Backend {
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub health_check: Option<HealthCheck>,
+    /// Set for a backend whose servers are connected agents (tunnel mode):
+    /// then `servers` is empty.
+    pub tunnel: Option<crate::tunnel::gateway::Via>,
     next: AtomicUsize,
 }
 
@@ -133,6 +136,8 @@ pub enum ConnectError {
     AllDown { backend: String },
     #[error("the gateway is out of a resource: {error}")]
     Local { error: io::Error },
+    #[error("no agent of group {group} is connected (backend {backend})")]
+    NoAgent { backend: String, group: String },
     #[error("every server of backend {backend} is at max_connections")]
     Full { backend: String },
     #[error("no server of backend {backend} answered (last: {server}: {error})")]
@@ -148,7 +153,16 @@ impl Backend {
         connect_timeout: Duration,
         health_check: Option<HealthCheck>,
     ) -> Backend {
-        Backend { name, servers, proxy_protocol, balance, connect_timeout, health_check, next: AtomicUsize::new(0) }
+        Backend {
+            name,
+            servers,
+            proxy_protocol,
+            balance,
+            connect_timeout,
+            health_check,
+            tunnel: None,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Takes over the health state of the same servers in the config being

@@ -40,6 +40,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     metrics: Option<MetricsSettings>,
+    #[serde(default)]
+    tunnel: Option<crate::tunnel::settings::RawSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,7 +74,14 @@ struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
+    #[serde(default)]
     servers: Vec<RawServer>,
+    /// Instead of servers: the connected agents of this group (tunnel mode).
+    #[serde(default)]
+    agents: Option<String>,
+    /// With `agents`: the name the agent maps to a local address.
+    #[serde(default)]
+    target: Option<String>,
     #[serde(default)]
     proxy_protocol: proxy_header::Version,
     #[serde(default)]
@@ -112,6 +121,8 @@ pub enum Protocol {
     Tls,
     /// Plain HTTP: redirects to https and ACME challenges.
     Http,
+    /// Where agents dial in (tunnel mode).
+    Tunnel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -315,6 +326,8 @@ pub struct Config {
     pub http: HttpSettings,
     pub limits: Limits,
     pub metrics: Option<MetricsSettings>,
+    /// Present when agents dial in (a tunnel listener or an agents backend).
+    pub tunnel: Option<crate::tunnel::settings::Settings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,7 +360,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn error(place: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn error(place: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { place: place.into(), message: message.into() }
 }
 
@@ -371,6 +384,14 @@ impl Config {
 
     /// Parses and checks config text; `base` resolves relative names files.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = from_json(text)?;
+        raw.check(base)
+    }
+}
+
+/// Reads a JSON object into `T`; an error names the key path and line.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    {
         // serde would read a JSON array as a struct's fields in order, with
         // a baffling message; say plainly what the top level must be.
         let body = text.trim_start();
@@ -379,7 +400,7 @@ impl Config {
             return Err(error(format!("line {line}"), "the config must be a JSON object, starting with '{'"));
         }
         let deserializer = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let inner = e.inner();
             let place = match e.path().to_string().as_str() {
                 "." | "?" => format!("line {}", inner.line()),
@@ -389,8 +410,7 @@ impl Config {
             let message = inner.to_string();
             let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
             error(place, message)
-        })?;
-        raw.check(base)
+        })
     }
 }
 
@@ -455,9 +475,26 @@ impl RawConfig {
             return Err(error("timeouts.shutdown", "must be at most 365 days"));
         }
 
+        let tunnel = match self.tunnel {
+            Some(raw) => Some(raw.check(base)?),
+            None => None,
+        };
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if listener.protocol == Protocol::Tunnel {
+                if tunnel.is_none() {
+                    return Err(error("tunnel", format!("required by listeners[{i}] (protocol tunnel)")));
+                }
+                if !listener.proxy_protocol_from.is_empty() {
+                    return Err(error(
+                        format!("listeners[{i}].proxy_protocol_from"),
+                        "a tunnel listener reads no PROXY header",
+                    ));
+                }
+            }
+        }
         let mut backends = BTreeMap::new();
         for (name, raw) in self.backends {
-            let backend = raw.check(&name)?;
+            let backend = raw.check(&name, tunnel.as_ref())?;
             backends.insert(name, Arc::new(backend));
         }
         let find = |place: String, name: &str| {
@@ -528,15 +565,31 @@ impl RawConfig {
             http: self.http,
             limits: self.limits,
             metrics: self.metrics,
+            tunnel,
         })
     }
 }
 
 impl RawBackend {
-    fn check(self, name: &str) -> Result<Backend, ConfigError> {
+    fn check(self, name: &str, tunnel: Option<&crate::tunnel::settings::Settings>) -> Result<Backend, ConfigError> {
         let place = format!("backends.{name}");
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(error(&place, "a backend name uses letters, digits, '-', '_' and '.' only"));
+        }
+        if let Some(via) = self.via(&place, tunnel)? {
+            if self.health_check.is_some() {
+                return Err(error(format!("{place}.health_check"), "agents are checked by the tunnel's keepalives"));
+            }
+            let mut backend = Backend::new(
+                name.to_owned(),
+                Vec::new(),
+                self.proxy_protocol,
+                self.balance,
+                self.connect_timeout,
+                None,
+            );
+            backend.tunnel = Some(via);
+            return Ok(backend);
         }
         if self.servers.is_empty() {
             return Err(error(format!("{place}.servers"), "at least one server is needed"));
@@ -580,6 +633,40 @@ impl RawBackend {
     }
 }
 
+impl RawBackend {
+    /// The agent group and target of a tunnel backend, checked; `None` for
+    /// a backend of servers.
+    fn via(
+        &self,
+        place: &str,
+        tunnel: Option<&crate::tunnel::settings::Settings>,
+    ) -> Result<Option<crate::tunnel::gateway::Via>, ConfigError> {
+        let group = match (&self.agents, &self.target) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => return Err(error(format!("{place}.target"), "only a backend with agents has a target")),
+            (Some(_), None) => return Err(error(format!("{place}.target"), "required with agents")),
+            (Some(group), Some(_)) => group,
+        };
+        let target = self.target.clone().unwrap_or_default();
+        if !self.servers.is_empty() {
+            return Err(error(place, "a backend has either servers or agents, not both"));
+        }
+        if !crate::tunnel::status::valid_target(&target) {
+            return Err(error(format!("{place}.target"), "a target name uses letters, digits, '-', '_' and '.' only"));
+        }
+        let Some(tunnel) = tunnel else {
+            return Err(error("tunnel", format!("required by {place}.agents")));
+        };
+        if !tunnel.has_group(group) {
+            return Err(error(
+                format!("{place}.agents"),
+                format!("no group {group:?} in tunnel.agents (groups: {})", tunnel.groups().join(", ")),
+            ));
+        }
+        Ok(Some(crate::tunnel::gateway::Via { group: group.clone(), target }))
+    }
+}
+
 /// One name or pattern per line; `#` starts a comment; blank lines are skipped.
 fn read_names_file(path: &Path) -> Result<Vec<(String, Pattern)>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| error(path.display().to_string(), e.to_string()))?;
@@ -594,6 +681,25 @@ fn read_names_file(path: &Path) -> Result<Vec<(String, Pattern)>, ConfigError> {
         patterns.push((place, pattern));
     }
     Ok(patterns)
+}
+
+/// For tests of config errors: each case whose error is not the expected
+/// "place: message", described; empty when every case is right.
+#[cfg(test)]
+pub(crate) fn wrong_errors<T>(
+    cases: &[(String, String)],
+    parse: impl Fn(&str) -> Result<T, ConfigError>,
+) -> Vec<String> {
+    cases
+        .iter()
+        .filter_map(|(text, expected)| {
+            let got = match parse(text) {
+                Ok(_) => "accepted".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            (got != *expected).then(|| format!("config {text}\n  expected: {expected}\n  got:      {got}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,15 +3,16 @@
 //! and the bytes read so far in one write. The relay itself is run by the
 //! server, outside these futures, so that their state is gone by then.
 
-use crate::backend::{Backend, Upstream};
+use crate::backend::Backend;
 use crate::config::{Config, Listener};
 use crate::metrics::Metrics;
-use crate::outcome::Refusal;
+use crate::outcome::{Refusal, Served};
 use crate::proxy_header;
 use crate::relay::Counters;
+use crate::tunnel::gateway::Hub;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::io::AsyncWriteExt;
 
 /// An accepted connection and what it is served with. The config is the one
@@ -21,7 +22,9 @@ pub struct Connection<'a> {
     pub listener: &'a Listener,
     pub config: &'a Config,
     pub counters: &'a Counters,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a Arc<Metrics>,
+    /// Where agents are, for backends reached through the tunnel.
+    pub tunnel: &'a Hub,
     /// The route's name once one is chosen, for the log line and metrics.
     pub route: OnceLock<&'a str>,
 }
@@ -33,17 +36,38 @@ impl<'a> Connection<'a> {
     }
 }
 
+/// Connects upstream (a server, or an agent through the tunnel) and writes
+/// the PROXY header and the bytes read so far. `one_request`: only those
+/// bytes go up (an ACME challenge fetch); the relay passes the answer back.
 pub async fn forward(
     cx: &Connection<'_>,
     (client_addr, local): (SocketAddr, SocketAddr),
     backend: &Backend,
     already_read: Vec<u8>,
-) -> Result<Upstream, Refusal> {
+    one_request: bool,
+) -> Result<Served, Refusal> {
+    let first = proxy_header::encode_before(backend.proxy_protocol, client_addr, local, &already_read);
     // Boxed, like every phase before the relay, so that its state is freed
     // once done instead of being reserved for the connection's whole life.
-    let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
-    let first = proxy_header::encode_before(backend.proxy_protocol, client_addr, local, &already_read);
-    Box::pin(upstream.stream.write_all(&first)).await?;
+    let served = match &backend.tunnel {
+        // Through the tunnel the header and first bytes go with the stream's
+        // opening, so that an agent that refuses can be replaced by another.
+        Some(via) => {
+            let mut tunneled =
+                Box::pin(cx.tunnel.open(&backend.name, via, first.into(), backend.connect_timeout, cx.metrics)).await?;
+            tunneled.one_request = one_request;
+            Served::Tunneled(Box::new(tunneled))
+        }
+        None => {
+            let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
+            Box::pin(upstream.stream.write_all(&first)).await?;
+            if one_request {
+                Served::ForwardedOneRequest(upstream)
+            } else {
+                Served::Forwarded(upstream)
+            }
+        }
+    };
     cx.counters.up.fetch_add(already_read.len() as u64, Ordering::Relaxed);
-    Ok(upstream)
+    Ok(served)
 }

@@ -237,7 +237,7 @@ pub async fn serve(
             // Bytes after the head (a pipelined request) are dropped here;
             // later ones by the relay, which passes only the answer on.
             drop(buf);
-            return forward(cx, addresses, backend, head).await.map(Served::ForwardedOneRequest);
+            return forward(cx, addresses, backend, head, true).await;
         }
     }
     let location = format!("https://{name}{}", request.path);

@@ -17,7 +17,14 @@
 //! [`outcome`] is how every connection ends, for logs and [`metrics`];
 //! [`health`] takes failing servers out of rotation; [`systemd`] speaks the
 //! notify and socket-activation protocols.
+//!
+//! Tunnel mode (home opens no port): a backend whose servers are agents has
+//! step 5 done by [`tunnel::gateway`], which opens a stream on an agent's
+//! session instead of a TCP connection; steps 6 and 7 are the same, with
+//! [`tunnel::relay`] moving the bytes. At home, [`agent`] dials the gateways,
+//! and for each stream connects to its local target and relays.
 
+pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod forward;
@@ -35,3 +42,4 @@ pub mod relay;
 pub mod server;
 pub mod systemd;
 pub mod tls;
+pub mod tunnel;

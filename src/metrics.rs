@@ -48,6 +48,28 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    pub group: String,
+    /// The agent's public key.
+    pub agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub gateway: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms to about 8 s: from a loopback connect to a slow client's hello.
@@ -68,6 +90,12 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub last_reload_failure: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub tunnel_agents: Family<GroupLabels, Gauge>,
+    pub tunnel_streams: Family<AgentLabels, Gauge>,
+    pub tunnel_bytes: Family<DirectionLabels, Counter>,
+    pub tunnel_auth_failures: Family<ReasonLabels, Counter>,
+    pub tunnel_reconnects: Family<GatewayLabels, Counter>,
+    pub tunnel_sessions: Family<GatewayLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -107,7 +135,33 @@ impl Default for Metrics {
             "When a reload last failed (0: never)",
             last_reload_failure.clone(),
         );
+        let tunnel_agents = Family::default();
+        registry.register("tunnel_agents", "Agents connected now, by group", tunnel_agents.clone());
+        let tunnel_streams = Family::default();
+        registry.register("tunnel_streams", "Tunnel streams open now, by agent", tunnel_streams.clone());
+        let tunnel_bytes = Family::default();
+        registry.register("tunnel_bytes", "Bytes relayed through tunnel streams, by direction", tunnel_bytes.clone());
+        let tunnel_auth_failures = Family::default();
+        registry.register(
+            "tunnel_auth_failures",
+            "Peers of the tunnel listener refused before a session, by reason",
+            tunnel_auth_failures.clone(),
+        );
+        let tunnel_reconnects = Family::default();
+        registry.register(
+            "tunnel_reconnects",
+            "Agent: sessions to a gateway lost or failed (each is followed by a new dial)",
+            tunnel_reconnects.clone(),
+        );
+        let tunnel_sessions = Family::default();
+        registry.register("tunnel_sessions", "Agent: 1 while a session to the gateway is up", tunnel_sessions.clone());
         Metrics {
+            tunnel_agents,
+            tunnel_streams,
+            tunnel_bytes,
+            tunnel_auth_failures,
+            tunnel_reconnects,
+            tunnel_sessions,
             registry,
             connections,
             refusals,

@@ -17,6 +17,9 @@ pub enum Served {
     /// One HTTP request forwarded (an ACME challenge fetch): relay the
     /// answer back, and nothing more from the client.
     ForwardedOneRequest(Upstream),
+    /// The same through a tunnel stream to an agent (boxed: it is larger,
+    /// and every connection's future would reserve its size).
+    Tunneled(Box<crate::tunnel::gateway::Tunneled>),
     /// Answered by the gateway itself (HTTP redirect or error).
     Answered(u16),
 }
@@ -82,6 +85,7 @@ impl Refusal {
             Refusal::Backend(ConnectError::AllDown { .. }) => "backend_unhealthy",
             Refusal::Backend(ConnectError::Failed { .. }) => "backend_down",
             Refusal::Backend(ConnectError::Local { .. }) => "local_resources",
+            Refusal::Backend(ConnectError::NoAgent { .. }) => "no_agent",
             Refusal::Limit(Limit::Connections) => "limit_connections",
             Refusal::Limit(Limit::PendingHandshakes) => "limit_pending",
             Refusal::Limit(Limit::PerClient) => "limit_per_client",

@@ -12,6 +12,7 @@ use crate::limits::{ClientKey, PendingPool};
 use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served};
 use crate::relay::{relay, relay_answer, Counters, RelayEnd};
+use crate::tunnel::gateway::Hub;
 use crate::{health, http, systemd, tls};
 use std::collections::HashMap;
 use std::io;
@@ -125,6 +126,8 @@ struct Shared {
     /// Cancelled when the drain deadline passes: every connection closes.
     cut: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Connected agents; kept across reloads.
+    tunnel: Arc<Hub>,
 }
 
 struct AcceptLoop {
@@ -205,6 +208,7 @@ pub async fn run(
     let metrics_socket = bind_metrics(&config, None)?;
     let mut generation = Generation::start(&config, &shared, None, metrics_socket);
     shared.metrics.reload(true);
+    shared.tunnel.configure(config.tunnel.as_ref());
     let (current, _) = watch::channel(Arc::new(config));
     let mut loops: HashMap<SocketAddr, AcceptLoop> = HashMap::new();
     for (address, socket) in listeners {
@@ -231,6 +235,7 @@ pub async fn run(
         match reload(path, &current, &mut loops, &shared, &generation) {
             Ok(metrics_socket) => {
                 let config = current.borrow().clone();
+                shared.tunnel.configure(config.tunnel.as_ref());
                 generation = Generation::start(&config, &shared, Some(generation), metrics_socket);
                 shared.metrics.reload(true);
                 tracing::info!(config = %path.display(), "reloaded");
@@ -258,6 +263,8 @@ pub async fn run(
         shared.cut.cancel();
         shared.connections.wait().await;
     }
+    // Agents last: the connections drained above may have used them.
+    shared.tunnel.close();
     tracing::info!("stopped");
     Ok(())
 }
@@ -358,6 +365,11 @@ async fn accept_loop(
         let Some(listener) = config.listeners.iter().position(|l| l.address == address) else {
             return;
         };
+        if config.listeners[listener].protocol == Protocol::Tunnel {
+            // An agent dialing in: a session, not a client connection.
+            tokio::spawn(shared.tunnel.clone().accept(stream, peer, shared.metrics.clone()));
+            continue;
+        }
         shared.connections.spawn(connection(stream, peer, listener, config, shared.clone(), pool.clone()));
     }
 }
@@ -392,8 +404,16 @@ fn connection(
         let started = Instant::now();
         let counters = Counters::default();
         let metrics = &shared.metrics;
-        let cx =
-            Connection { peer, listener, config: &config, counters: &counters, metrics, route: Default::default() };
+        let tunnel = &*shared.tunnel;
+        let cx = Connection {
+            peer,
+            listener,
+            config: &config,
+            counters: &counters,
+            metrics,
+            tunnel,
+            route: Default::default(),
+        };
         // Cancelled by the drain deadline, or by the pool to make room
         // while the connection is pending.
         let cut = shared.cut.child_token();
@@ -411,6 +431,7 @@ fn connection(
                     let decide = match listener.protocol {
                         Protocol::Tls => Box::pin(tls::serve(&mut stream, &cx, handshake_done)) as BoxedServe<'_>,
                         Protocol::Http => Box::pin(http::serve(&mut stream, &cx, handshake_done)),
+                        Protocol::Tunnel => unreachable!("agents are served by the tunnel hub"),
                     };
                     let decided = decide.await?;
                     match decided {
@@ -421,6 +442,16 @@ fn connection(
                             relay_answer(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters)
                                 .await
                                 .err(),
+                        )),
+                        Served::Tunneled(upstream) => Ok(Ended::Relayed(
+                            Box::pin(crate::tunnel::gateway::relay(
+                                &mut stream,
+                                upstream,
+                                config.timeouts.idle,
+                                &counters,
+                                metrics,
+                            ))
+                            .await,
                         )),
                         Served::Answered(status) => Ok(Ended::Answered(status)),
                     }
@@ -449,6 +480,7 @@ fn connection(
         let protocol = match listener.protocol {
             Protocol::Tls => "tls",
             Protocol::Http => "http",
+            Protocol::Tunnel => "tunnel",
         };
         if up + down > 0 {
             metrics.bytes.get_or_create(&bytes).inc_by(up);

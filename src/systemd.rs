@@ -22,6 +22,11 @@ pub fn reloading() {
     }
 }
 
+/// A line `systemctl status` shows, without changing the state.
+pub fn status(text: &str) {
+    notify(&[sd_notify::NotifyState::Status(text)]);
+}
+
 pub fn stopping() {
     notify(&[sd_notify::NotifyState::Stopping]);
 }

@@ -40,7 +40,7 @@ pub async fn serve(
         return Err(Box::pin(refuse(stream, Refusal::UnknownName(name.to_string()))).await);
     };
     cx.routed(&route.name);
-    forward(cx, addresses, &route.backend, std::mem::take(&mut buf.bytes)).await.map(Served::Forwarded)
+    forward(cx, addresses, &route.backend, std::mem::take(&mut buf.bytes), false).await
 }
 
 async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {

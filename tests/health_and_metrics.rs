@@ -6,56 +6,12 @@ mod common;
 use common::*;
 use sni_edge::hello;
 use sni_edge::server::Control;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// Fetches the metrics and returns every sample as "name{label=value,...}" → value,
-/// labels sorted, as the prometheus-parse crate reads them.
-async fn scrape(address: SocketAddr) -> HashMap<String, f64> {
-    // The endpoint is opened by the server task, which may not have run yet.
-    let mut stream = within("connecting to the metrics endpoint", async {
-        loop {
-            match TcpStream::connect(address).await {
-                Ok(stream) => return stream,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    })
-    .await;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    within("scrape", stream.read_to_string(&mut response)).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    assert!(!scrape.samples.is_empty());
-    scrape
-        .samples
-        .into_iter()
-        .map(|s| {
-            let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            labels.sort();
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                prometheus_parse::Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
-                prometheus_parse::Value::Summary(_) => f64::NAN,
-            };
-            (format!("{}{{{}}}", s.metric, labels.join(",")), value)
-        })
-        .collect()
-}
 
 /// A gateway config with metrics on `metrics` and one route,
 /// app.example.test (named "cluster"), to backend "b" given as JSON.
@@ -68,27 +24,6 @@ fn with_metrics(tls: SocketAddr, http: SocketAddr, metrics: SocketAddr, backend_
           "metrics": {{ "address": "{metrics}" }}
         }}"#
     )
-}
-
-fn get(samples: &HashMap<String, f64>, key: &str) -> f64 {
-    *samples.get(key).unwrap_or_else(|| {
-        let mut keys: Vec<_> = samples.keys().collect();
-        keys.sort();
-        panic!("no sample {key}; samples: {keys:#?}")
-    })
-}
-
-/// Polls the metrics until `key` has `value`, within PATIENCE.
-async fn wait_for(metrics: SocketAddr, key: &str, value: f64) {
-    within(&format!("waiting for {key} = {value}"), async {
-        loop {
-            if scrape(metrics).await.get(key) == Some(&value) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]

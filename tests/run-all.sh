@@ -82,7 +82,7 @@ say "installing test dependencies from Debian"
 # gcc and libc6-dev: the C compiler that the ring crate's build needs. libgmp10 and libffi8: what
 # nixfmt (../shared/tools/nixfmt-1.2.0/nixfmt, used by tests/nix/check.sh) links against.
 PACKAGES=(gcc libc6-dev libgmp10 libffi8 nginx haproxy curl openssl chromium iproute2 ethtool libnss3-tools tcpdump procps
-  python3 python3-yaml nix-bin)
+  python3 python3-yaml nix-bin nftables)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -108,9 +108,10 @@ export SNI_EDGE="$REPO/target/release/sni-edge"
 step "nix checks" tests/nix/check.sh
 
 if [ "${SKIP_LAB:-}" = 1 ]; then
-  say "lab: SKIPPED (SKIP_LAB=1)"; skipped=$((skipped + 1)); skipped_steps+=(lab)
+  say "lab: SKIPPED (SKIP_LAB=1)"; skipped=$((skipped + 2)); skipped_steps+=(lab "lab: tunnel mode")
 else
   step "lab" tests/lab/run.sh
+  step "lab: tunnel mode" tests/lab/tunnel.sh
 fi
 
 if [ "${SKIP_AARCH64:-}" = 1 ]; then

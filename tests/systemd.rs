@@ -86,3 +86,46 @@ fn serves_on_a_socket_from_systemd_and_notifies_ready_reloading_stopping() {
     assert!(status.success(), "{status}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The agent (Type=notify too): ready once it runs, whether or not a
+/// gateway answers yet (boot must not wait for the internet), and stopping
+/// on SIGTERM.
+#[test]
+fn the_agent_notifies_ready_and_stopping() {
+    let dir = std::env::temp_dir().join(format!("sni-edge-systemd-agent-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let key = sni_edge::tunnel::keys::PrivateKey::generate();
+    std::fs::write(dir.join("agent.key"), key.to_text()).unwrap();
+    // A gateway address where nothing listens: the agent keeps retrying.
+    let nobody = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gateway = sni_edge::tunnel::keys::PrivateKey::generate().public();
+    std::fs::write(
+        dir.join("agent.json"),
+        format!(
+            r#"{{ "key_file": "agent.key", "gateways": [{{ "address": "{nobody}", "public_key": "{gateway}" }}],
+                 "targets": {{ "https": "127.0.0.1:9" }} }}"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sni-edge"))
+        .args(["agent", "--config"])
+        .arg(dir.join("agent.json"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(receive(&notify).contains("READY=1"));
+    // A reload request (SIGHUP) must not end it.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended the agent");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(receive(&notify).contains("STOPPING=1"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

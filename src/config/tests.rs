@@ -75,10 +75,10 @@ fn every_error_names_its_place() {
     let cases: Vec<(String, &str)> = vec![
         ("{".to_owned(), "line 1: EOF while parsing an object"),
         ("\n[]".to_owned(), "line 2: the config must be a JSON object, starting with '{'"),
-        (with(&[(&["listener"], json!([]))]), "listener (line 1): unknown field `listener`, expected one of `log`, `listeners`, `routes`, `default_backend`, `backends`, `timeouts`, `http`, `limits`, `metrics`"),
+        (with(&[(&["listener"], json!([]))]), "listener (line 1): unknown field `listener`, expected one of `log`, `listeners`, `routes`, `default_backend`, `backends`, `timeouts`, `http`, `limits`, `metrics`, `tunnel`"),
         (with(&[(&["listeners"], json!([]))]), "listeners: at least one listener is needed"),
         (with(&[(&["listeners", "0", "address"], json!("127.0.0.1"))]), "listeners[0].address (line 1): invalid socket address syntax"),
-        (with(&[(&["listeners", "0", "protocol"], json!("https"))]), "listeners[0].protocol (line 1): unknown variant `https`, expected `tls` or `http`"),
+        (with(&[(&["listeners", "0", "protocol"], json!("https"))]), "listeners[0].protocol (line 1): unknown variant `https`, expected one of `tls`, `http`, `tunnel`"),
         (with(&[(&["listeners", "0", "proxy_protocol_from"], json!(["10.0.0.0/33"]))]), "listeners[0].proxy_protocol_from[0] (line 1): invalid IP address syntax"),
         (with(&[(&["listeners", "0", "tls"], json!(true))]), "listeners[0].tls (line 1): unknown field `tls`, expected one of `address`, `protocol`, `proxy_protocol_from`, `proxy_protocol_from_anyone`"),
         (with(&[(&["routes", "0", "names", "0"], json!("bad_name.test"))]), "routes[0].names[0]: \"bad_name.test\": name contains a character other than letters, digits, hyphens and dots"),

@@ -47,8 +47,8 @@ case "${1:-}" in
   *) usage >&2; exit 2 ;;
 esac
 
-log() { printf '# %s\n' "$*"; }
-die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=tests/lab/lib.sh
+. "$LAB_DIR/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (ip netns needs it)"
 
@@ -112,49 +112,6 @@ trap 'exit 130' INT TERM
 
 
 # --- helpers ----------------------------------------------------------------------------------
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-# start_bg NAME NS CMD...: start a long-running process in a namespace, own session, output to
-# $WORK/NAME.out; records the PID (ip netns exec and setsid both exec, so $! is the process).
-start_bg() {
-  local name=$1 ns=$2; shift 2
-  setsid ip netns exec "$ns" "$@" </dev/null >>"$WORK/$name.out" 2>&1 &
-  local pid=$!
-  echo "$pid $name" >> "$WORK/pids"
-  BG_PID=$pid
-}
-
-# stop_pid PID: stop a process start_bg started (TERM, then KILL after 5 s), forget its PID.
-stop_pid() {
-  local pid=$1 n
-  sed -i "/^$pid /d" "$WORK/pids"
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for n in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
-}
-
-# wait_listen NS IP PORT [PID]: bounded wait (10 s) until something listens there. Uses ss, so
-# it does not open a connection (that would disturb the ingresses' connection counters).
-wait_listen() {
-  local ns=$1 ip=$2 port=$3 pid=${4:-} n
-  for n in $(seq 1 100); do
-    if in_ns "$ns" ss -Hltn "sport = :$port" 2>/dev/null | grep -q "$ip:$port"; then return 0; fi
-    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-    sleep 0.1
-  done
-  return 1
-}
-
-ok() { PASSED=$((PASSED + 1)); printf 'ok - %s\n' "$1"; }
-fail() {
-  FAILED=$((FAILED + 1))
-  printf 'FAIL - %s\n' "$1"
-  [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/    /'
-  return 0
-}
-# check DESC CONDITION-RESULT EVIDENCE: ok when the result is 0.
-check() { if [ "$2" = 0 ]; then ok "$1"; else fail "$1" "$3"; fi; }
-
 # --- packages ---------------------------------------------------------------------------------
 ensure_packages() {
   local missing=() pair cmd pkg
@@ -176,21 +133,6 @@ ensure_packages() {
 #   c1, c2, gw:pub0 --- bridge in "pub" (203.0.113.0/24)
 #   gw:home0, node  --- bridge in "home" (192.0.2.0/24)
 #   attacker:eth0 ----- node:side0 (198.51.100.0/24), the only other way to the node
-add_ns() { ip netns add "$1" || die "ip netns add $1"; echo "$1" >> "$WORK/netns"; in_ns "$1" ip link set lo up; }
-
-# link NS1 IF1 NS2 IF2: a veth pair between two namespaces, both ends up, offloads off so the
-# kernel does not coalesce segments (we want to see a ClientHello span several).
-link() {
-  ip link add "$2" netns "$1" type veth peer name "$4" netns "$3" || die "veth $1:$2 <-> $3:$4"
-  in_ns "$1" ip link set "$2" up
-  in_ns "$3" ip link set "$4" up
-  in_ns "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
-  in_ns "$3" ethtool -K "$4" tso off gso off gro off >/dev/null 2>&1 || true
-}
-
-bridge_in() { in_ns "$1" ip link add br0 type bridge && in_ns "$1" ip link set br0 up; }
-enslave() { in_ns "$1" ip link set "$2" master br0; }
-
 build_topology() {
   log "topology: namespaces $P-{pub,c1,c2,gw,home,node,att,bots}"
   for ns in "$NS_PUB" "$NS_C1" "$NS_C2" "$NS_GW" "$NS_HOME" "$NS_NODE" "$NS_ATT" "$NS_BOTS"; do add_ns "$ns"; done
@@ -482,9 +424,6 @@ node_counts() {
 # The gateway's log without terminal colour codes.
 gateway_log() { sed 's/\x1b\[[0-9;]*m//g' "$WORK/gateway.out"; }
 
-# curl_c NS ARGS...: curl from a client namespace, bounded.
-curl_c() { local ns=$1; shift; in_ns "$ns" curl -sS --max-time 10 --connect-timeout 5 "$@"; }
-
 # https_get NS HOST [curl args]: GET https://HOST/ through the gateway with the test CA.
 https_get() {
   local ns=$1 host=$2; shift 2
@@ -559,25 +498,16 @@ check_openssl_client() {
 }
 
 # chromium_dom HOME: https://app.example.test/ from c1 with headless Chromium (its NSS db in
-# HOME trusts the test CA); prints the DOM, stderr to $WORK/chromium.err.
+# HOME trusts the test CA); prints the DOM.
 chromium_dom() {
-  local home=$1
-  mkdir -p "$home/tmp"
-  HOME=$home TMPDIR=$home/tmp timeout 90 ip netns exec "$NS_C1" chromium --headless --no-sandbox --disable-gpu \
-    --disable-quic --no-first-run --disable-background-networking --disable-component-update \
-    --disable-sync --disable-dev-shm-usage --user-data-dir="$home/profile" \
-    --host-resolver-rules="MAP app.example.test $GW_PUB, MAP * ~NOTFOUND" \
-    --dump-dom https://app.example.test/ 2>"$WORK/chromium.err"
+  chromium_dump "$1" "$NS_C1" "MAP app.example.test $GW_PUB, MAP * ~NOTFOUND" https://app.example.test/
 }
 
 # Chromium's ClientHello (~1.9 KB with an X25519MLKEM768 key share) spans two TCP segments.
 check_chromium() {
   if [ "${LAB_SKIP_CHROMIUM:-0}" = 1 ]; then log "skipping Chromium (LAB_SKIP_CHROMIUM=1)"; return; fi
   local home=$WORK/chromium out rc n
-  mkdir -p "$home/.pki/nssdb" "$home/profile"
-  certutil -N -d "sql:$home/.pki/nssdb" --empty-password || { fail "Chromium NSS db" "certutil -N failed"; return; }
-  certutil -A -d "sql:$home/.pki/nssdb" -n "sni-edge lab CA" -t "C,," -i "$CA" \
-    || { fail "Chromium NSS db" "certutil -A failed"; return; }
+  chromium_home "$home" || return
   start_bg tcpdump-gw "$NS_GW" tcpdump -i pub0 --immediate-mode -U -Z root -nn -w "$WORK/chromium.pcap" \
     "tcp port 443 and host $C1"
   local cap_pid=$BG_PID
