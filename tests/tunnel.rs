@@ -643,3 +643,59 @@ async fn unauthenticated_peers_are_timed_out_and_limited() {
     agent.stop().await;
     gw.stop().await;
 }
+
+/// ACME on port 80 through the tunnel, as in direct mode: exactly the one
+/// challenge fetch reaches home, rewritten with `Connection: close`; a
+/// pipelined second request for another host never does.
+#[tokio::test]
+async fn an_acme_challenge_through_the_tunnel_forwards_exactly_one_request() {
+    let (target, mut received) = Backend::recording().await;
+    let dir = temp_dir("acme");
+    let gateway_key = PrivateKey::generate();
+    gateway_key.write_new(&dir.join("gateway.key")).unwrap();
+    let (agent_key, agent_public) = Agent::key();
+    let http_socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tunnel_socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (http, tunnel) = (http_socket.local_addr().unwrap(), tunnel_socket.local_addr().unwrap());
+    let metrics = free_port();
+    let config_path = dir.join("gateway.json");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"{{
+              "listeners": [
+                {{ "address": "{http}", "protocol": "http" }},
+                {{ "address": "{tunnel}", "protocol": "tunnel" }}
+              ],
+              "tunnel": {{ "key_file": "gateway.key", "agents": {{ "home": ["{agent_public}"] }} }},
+              "routes": [{{ "names": ["app.example.test"], "backend": "home", "acme_backend": "home" }}],
+              "backends": {{ "home": {{ "agents": "home", "target": "https", "proxy_protocol": "v1" }} }},
+              "metrics": {{ "address": "{metrics}" }}
+            }}"#
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let listeners = [(http, http_socket), (tunnel, tunnel_socket)].into_iter().collect();
+    let (control, requests) = mpsc::channel(8);
+    let task = tokio::spawn(server::run(Some(config_path), config, listeners, requests));
+    let agent = Agent::start(&agent_key, tunnel, gateway_key.public(), target.addr);
+    wait_for(metrics, "sni_edge_tunnel_agents{group=home}", 1.0).await;
+
+    let path = "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: app.example.test\r\nConnection: keep-alive\r\n\r\n\
+         GET /admin HTTP/1.1\r\nHost: other.internal\r\n\r\n"
+    );
+    let (client, answer) = exchange(http, request.as_bytes()).await;
+    assert_eq!(answer, b"bye");
+    let got = within("target", received.recv()).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n");
+    let want = [proxy_v1(client, http), head.into_bytes()].concat();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+
+    agent.stop().await;
+    control.send(Control::Shutdown).await.unwrap();
+    within("gateway stop", task).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
