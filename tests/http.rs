@@ -210,30 +210,7 @@ async fn acme_pass_through_forwards_exactly_one_request() {
 /// client's connection is closed once the answer is complete.
 #[tokio::test]
 async fn acme_pass_through_forwards_nothing_after_the_answer() {
-    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let cluster = Backend::start(move |mut stream| {
-        let tx = tx.clone();
-        async move {
-            let mut got = Vec::new();
-            let mut chunk = [0; 4096];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&chunk[..n]),
-                }
-            }
-            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ntoken").await.unwrap();
-            // Keeps the connection open and records what else arrives.
-            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(800), stream.read(&mut chunk)).await {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&chunk[..n]);
-            }
-            let _ = tx.send(got);
-        }
-    })
-    .await;
+    let (cluster, mut received) = Backend::answering_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ntoken").await;
     let gw = Gateway::start(|tls, http| setup(tls, http, cluster.addr, cluster.addr)).await;
     let mut client = TcpStream::connect(gw.http).await.unwrap();
     let local = client.local_addr().unwrap();

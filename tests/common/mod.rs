@@ -51,6 +51,36 @@ impl Backend {
 
     /// A backend that reads until the client finishes sending, reports all
     /// it received on the channel, then answers "bye" and closes.
+    /// An HTTP server that reads a request head, sends `answer`, keeps the
+    /// connection open and records everything it received (until 800 ms
+    /// pass with nothing new): whether a second request ever reached it.
+    pub async fn answering_once(answer: &'static [u8]) -> (Backend, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backend = Backend::start(move |mut stream| {
+            let tx = tx.clone();
+            async move {
+                let mut got = Vec::new();
+                let mut chunk = [0; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                stream.write_all(answer).await.unwrap();
+                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(800), stream.read(&mut chunk)).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                let _ = tx.send(got);
+            }
+        })
+        .await;
+        (backend, rx)
+    }
+
     pub async fn recording() -> (Backend, mpsc::UnboundedReceiver<Vec<u8>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let backend = Backend::start(move |mut stream| {
