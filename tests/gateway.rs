@@ -137,25 +137,6 @@ async fn half_close_keeps_every_byte_of_the_reply() {
     gw.stop().await;
 }
 
-/// Closes with a reset (RST) instead of a FIN.
-fn abort(stream: TcpStream) {
-    socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)).unwrap();
-    drop(stream);
-}
-
-/// Reads until the end; `Err` if the stream was aborted rather than ended.
-async fn read_to_end_or_reset(stream: &mut TcpStream) -> Result<usize, std::io::ErrorKind> {
-    let mut total = 0;
-    let mut buf = vec![0; 1 << 16];
-    loop {
-        match within("reading to the end", stream.read(&mut buf)).await {
-            Ok(0) => return Ok(total),
-            Ok(n) => total += n,
-            Err(e) => return Err(e.kind()),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_backend_reset_reaches_the_client_as_a_reset() {
     // The backend sends 3 MiB of a download, then aborts: the client must

@@ -703,3 +703,23 @@ async fn an_acme_challenge_through_the_tunnel_forwards_exactly_one_request() {
     within("gateway stop", task).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reset at home reaches the client as a reset, through the tunnel as
+/// between two sockets: a truncated download never looks complete.
+#[tokio::test]
+async fn a_target_reset_reaches_the_client_as_a_reset() {
+    let target = Backend::start(|mut stream| async move {
+        let mut first = vec![0; 512];
+        let _ = stream.read(&mut first).await;
+        let _ = stream.write_all(&vec![7u8; 3 << 20]).await;
+        abort(stream);
+    })
+    .await;
+    let (gw, agent) = one_agent("target-reset", target.addr, "none").await;
+    let mut client = TcpStream::connect(gw.tls).await.unwrap();
+    client.write_all(HELLO_CURL).await.unwrap();
+    let end = read_to_end_or_reset(&mut client).await;
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "the target's abort reached the client as {end:?}");
+    agent.stop().await;
+    gw.stop().await;
+}

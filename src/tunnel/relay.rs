@@ -12,7 +12,8 @@ use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use std::future::poll_fn;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -38,9 +39,13 @@ pub async fn relay<S>(
     one_request: bool,
 ) -> Result<(), RelayEnd>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + AsFd,
 {
     let Stream { mut send, mut recv } = stream;
+    // Set when the stream's side failed (the peer reset it): the socket is
+    // then closed with a reset too, so that a truncated transfer never looks
+    // complete (as `crate::relay` does between two sockets).
+    let aborted = AtomicBool::new(false);
     let started = Instant::now();
     // Milliseconds since `started` of the last byte either way.
     let last = AtomicU64::new(0);
@@ -55,7 +60,11 @@ where
     };
     // A failed direction ends both: dropping the stream's halves resets it
     // (RST_STREAM), and the caller's dropping the socket closes that side.
-    let down = stream_to_socket(&mut recv, &mut writer, &counters.down, touch);
+    let down = async {
+        let result = stream_to_socket(&mut recv, &mut writer, &counters.down, touch).await;
+        aborted.store(result.is_err(), Ordering::Relaxed);
+        result
+    };
     let idle_watch = async {
         loop {
             let since = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -77,10 +86,16 @@ where
         }
         down.await
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = both => result.map_err(RelayEnd::Io),
         end = idle_watch => Err(end),
+    };
+    let socket = reader.unsplit(writer);
+    if aborted.load(Ordering::Relaxed) {
+        // With a zero linger, closing the socket sends RST, not FIN.
+        let _ = socket2::SockRef::from(&*socket).set_linger(Some(Duration::ZERO));
     }
+    result
 }
 
 async fn socket_to_stream<R: AsyncRead + Unpin>(

@@ -331,3 +331,22 @@ pub async fn wait_for(metrics: SocketAddr, key: &str, value: f64) {
     })
     .await
 }
+
+/// Closes with a reset (RST) instead of a FIN.
+pub fn abort(stream: TcpStream) {
+    socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(stream);
+}
+
+/// Reads until the end; `Err` if the stream was aborted rather than ended.
+pub async fn read_to_end_or_reset(stream: &mut TcpStream) -> Result<usize, std::io::ErrorKind> {
+    let mut total = 0;
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match within("reading to the end", stream.read(&mut buf)).await {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) => return Err(e.kind()),
+        }
+    }
+}
