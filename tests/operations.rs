@@ -270,7 +270,7 @@ impl Owned {
 
     async fn stop(mut self) {
         self.ask_to_stop().await;
-        self.stopped(PATIENCE).await.unwrap();
+        self.stopped(patience()).await.unwrap();
     }
 }
 

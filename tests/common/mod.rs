@@ -15,11 +15,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Every wait in these tests is bounded by this.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+/// Every wait in these tests is bounded by this: 20 s, or
+/// `SNI_EDGE_TEST_PATIENCE` seconds (tests/aarch64.sh gives more under qemu,
+/// where a debug build moving tens of MiB through TLS is tens of times slower).
+pub fn patience() -> Duration {
+    let secs = std::env::var("SNI_EDGE_TEST_PATIENCE").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    Duration::from_secs(secs)
+}
 
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future).await.unwrap_or_else(|_| panic!("{what}: took longer than {PATIENCE:?}"))
+    let patience = patience();
+    tokio::time::timeout(patience, future).await.unwrap_or_else(|_| panic!("{what}: took longer than {patience:?}"))
 }
 
 /// A backend server that hands each connection to `handler`.
@@ -327,7 +333,7 @@ pub fn get(samples: &HashMap<String, f64>, key: &str) -> f64 {
     })
 }
 
-/// Polls the metrics until `key` has `value`, within PATIENCE.
+/// Polls the metrics until `key` has `value`, within `patience()`.
 pub async fn wait_for(metrics: SocketAddr, key: &str, value: f64) {
     within(&format!("waiting for {key} = {value}"), async {
         loop {
