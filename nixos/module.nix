@@ -488,7 +488,7 @@ in
                   };
                   handshake_timeout = durationOption "5s" "Time an agent's connection may take to authenticate.";
                   keepalive_interval = durationOption "1s" "Time between keepalives on an agent's session.";
-                  keepalive_timeout = durationOption "3s" "An agent from which nothing has come this long is taken as dead.";
+                  keepalive_timeout = durationOption "3s" "An agent that does not answer a keepalive this long is taken as dead.";
                 };
               }
             );

@@ -116,7 +116,6 @@ async fn session(shared: &Arc<Shared>, gateway: &Gateway) -> anyhow::Result<Stri
     let local = tcp.local_addr()?;
     let tls_config = auth::agent_config(&shared.config.key, gateway.key);
     let connector = tokio_rustls::TlsConnector::from(tls_config);
-    let (tcp, heard) = session::Heard::new(tcp);
     let tls = tokio::time::timeout(timeouts.handshake, connector.connect(auth::server_name(), tcp))
         .await
         .context("TLS handshake timed out")?
@@ -130,7 +129,7 @@ async fn session(shared: &Arc<Shared>, gateway: &Gateway) -> anyhow::Result<Stri
     let labels = GatewayLabels { gateway: gateway.address.to_string() };
     shared.metrics.tunnel_sessions.get_or_create(&labels).set(1);
     crate::systemd::status(&format!("connected to {}", gateway.address));
-    let keepalive = session::keepalive(pings, shared.config.keepalive, heard);
+    let keepalive = session::keepalive(pings, shared.config.keepalive);
     tokio::pin!(keepalive);
     loop {
         tokio::select! {

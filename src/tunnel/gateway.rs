@@ -136,7 +136,6 @@ impl Hub {
         let Some(handshaking) = handshaking else {
             return refuse("busy", &"too many handshakes at once (tunnel.max_handshakes)");
         };
-        let (stream, heard) = session::Heard::new(stream);
         let tls = match tokio::time::timeout(settings.handshake_timeout, current.acceptor.accept(stream)).await {
             Err(_) => return refuse("timeout", &"no complete handshake in time"),
             Ok(Err(error)) => return refuse("handshake", &error),
@@ -172,7 +171,7 @@ impl Hub {
                 Ok(()) => "closed by the agent".to_owned(),
                 Err(error) => error.to_string(),
             },
-            reason = session::keepalive(pings, settings.keepalive, heard) => reason,
+            reason = session::keepalive(pings, settings.keepalive) => reason,
             () = agent.stop.cancelled() => "its key is no longer in the config".to_owned(),
         };
         self.leave(&agent, &metrics, &reason);
