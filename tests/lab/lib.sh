@@ -77,8 +77,15 @@ chromium_home() {
 # chromium_dump HOME NS RESOLVER-RULES URL: headless Chromium in a namespace prints the page's DOM;
 # stderr goes to $WORK/chromium.err. The flags keep it from reaching for the internet.
 chromium_dump() {
-  HOME=$1 TMPDIR=$1/tmp timeout 90 ip netns exec "$2" chromium --headless --no-sandbox --disable-gpu \
-    --disable-quic --no-first-run --disable-background-networking --disable-component-update \
-    --disable-sync --disable-dev-shm-usage --user-data-dir="$1/profile" \
-    --host-resolver-rules="$3" --dump-dom "$4" 2>"$WORK/chromium.err"
+  local out try
+  for try in 1 2; do
+    out=$(HOME=$1 TMPDIR=$1/tmp timeout 90 ip netns exec "$2" chromium --headless --no-sandbox --disable-gpu \
+      --disable-quic --no-first-run --disable-background-networking --disable-component-update \
+      --disable-sync --disable-dev-shm-usage --user-data-dir="$1/profile" \
+      --host-resolver-rules="$3" --dump-dom "$4" 2>"$WORK/chromium.err")
+    # Chromium abandons a load when it sees the machine's network change (another test's namespaces
+    # and links coming and going): that, and only that, is tried once more.
+    [ -z "$out" ] && grep -q ERR_NETWORK_CHANGED "$WORK/chromium.err" || break
+  done
+  printf '%s' "$out"
 }
