@@ -25,8 +25,10 @@ SNI_EDGE, REPO, BENCH_DIR = E["SNI_EDGE"], E["REPO"], E["BENCH_DIR"]
 TUNNEL = E.get("BENCH_SUITE", "gateways") == "tunnel"
 NS_H, RATHOLE = E.get("NS_H", ""), E.get("RATHOLE", "")
 QUICK = E.get("BENCH_QUICK") == "1"
-# No perf profile in the tunnel suite (its system calls per connection are counted, as here).
+# The gateways suite profiles sni-edge (BENCH_NO_PROFILE=1 to skip); the tunnel suite profiles the
+# tunnel's gateway and agent only when asked (BENCH_PROFILE=1); both count system calls.
 PROFILE = E.get("BENCH_NO_PROFILE") != "1" and not TUNNEL
+TUNNEL_PROFILE = TUNNEL and E.get("BENCH_PROFILE") == "1"
 # Another sni-edge binary measured in the same run, as its own column ("before" of a change);
 # gateways suite only (run.sh refuses it with BENCH_SUITE=tunnel).
 BASELINE = (E.get("SNI_EDGE_BASELINE") or None) if not TUNNEL else None
@@ -641,7 +643,7 @@ def main():
                         f"err={r['err']:.0f} ttfb p50={r['ttfb_p50_us']:.0f}us p99={r['ttfb_p99_us']:.0f}us")
 
     if ONLY == "conn":
-        profile = (profile_runs(procs) if PROFILE else "") + connection_counts(pids, R)
+        profile = (profile_runs(procs, home) if PROFILE or TUNNEL_PROFILE else "") + connection_counts(pids, R)
         finished_at = datetime.datetime.now(datetime.timezone.utc)
         load_end = open("/proc/loadavg").read().split()[:3]
         report(R, segs, started_at, finished_at, load_start, load_end, profile)
@@ -699,31 +701,42 @@ def main():
             time.sleep(0.1)
 
     # 4. Profile sni-edge (and HAProxy for bulk) with perf, outside the figures.
-    profile = (profile_runs(procs) if PROFILE else "") + connection_counts(pids, R)
+    profile = (profile_runs(procs, home) if PROFILE or TUNNEL_PROFILE else "") + connection_counts(pids, R)
 
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     load_end = open("/proc/loadavg").read().split()[:3]
     report(R, segs, started_at, finished_at, load_start, load_end, profile)
 
 
-def profile_runs(procs):
+def profile_runs(procs, home=None):
     import shutil
     if not shutil.which("perf"):
         return "perf not installed.\n"
     out = []
-    jobs = [(name, "handshakes (64 clients, new connection each)", "rate") for name, _, _ in SNI_EDGES]
-    if ONLY != "conn":
+    if TUNNEL:
+        # The tunnel's gateway, then its agent, each while the load runs: one client's sequential
+        # connections (the added-TTFB path) and one download.
+        jobs = [(who, what, kind) for who in ("sni-edge-tunnel", "sni-edge-agent")
+                for what, kind in (("handshakes (1 client, new connection each)", "seq"),
+                                   (f"bulk (one {BIG_MIB} MiB download)", "bulk"))]
+    else:
+        jobs = [(name, "handshakes (64 clients, new connection each)", "rate") for name, _, _ in SNI_EDGES]
+    if ONLY != "conn" and not TUNNEL:
         jobs += [("sni-edge", f"bulk (one {BIG_MIB} MiB download)", "bulk"),
                  ("haproxy", f"bulk (one {BIG_MIB} MiB download)", "bulk")]
     for name, what, kind in jobs:
-        ip, port = next((i, p) for n, i, p in TARGETS if n == name)
+        target = "sni-edge-tunnel" if name == "sni-edge-agent" else name
+        ip, port = next((i, p) for n, i, p in TARGETS if n == target)
+        pid = home[target][0].pid if name == "sni-edge-agent" else procs[name][0].pid
         data = f"{WORK}/perf-{name}-{kind}.data"
         rec = subprocess.Popen(["taskset", "-c", "0", "perf", "record", "-q", "-e", "cpu-clock", "-F", "4000",
-                                "-p", str(procs[name][0].pid), "-o", data], stdout=subprocess.DEVNULL,
+                                "-p", str(pid), "-o", data], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         time.sleep(0.3)
         if kind == "rate":
             tlsload("rate", ip, port, SNI, 64, RATE_SECS, RATE_MAX, 0)
+        elif kind == "seq":
+            tlsload("rate", ip, port, SNI, 1, RATE_SECS, RATE_MAX, 0)
         else:
             download(ip, port, 1)
         rec.send_signal(2)
@@ -742,7 +755,7 @@ def profile_runs(procs):
         out.append(f"**{name}, {what}** (perf record -e cpu-clock -F 4000; share of the gateway's CPU samples; "
                    "by binary, then by symbol)\n\n```\n" + "\n".join(lines).rstrip() + "\n```\n")
         log(f"profiled {name} {kind}")
-    if ONLY != "conn":
+    if ONLY != "conn" and not TUNNEL:
         out.append(syscall_counts(procs))
     return "\n".join(out)
 
