@@ -576,6 +576,9 @@ def main():
         for name, ip, port in GATEWAYS:
             wait_serving(name, ip, port)
         tunnel_checks()
+        if E.get("BENCH_HOLD"):   # a scratch knob: look around in the namespaces before measuring
+            log(f"holding {E['BENCH_HOLD']} s: namespaces {NS_C} {NS_G} {NS_H}")
+            time.sleep(float(E["BENCH_HOLD"]))
     else:
         procs, home = {name: [p] for name, p in start_all().items()}, {}
     pids = {name: (lambda ps=procs[name]: [q for p in ps for q in tree(p.pid)]) for name, _, _ in GATEWAYS}

@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::config::{Config, Listener};
 use crate::metrics::Metrics;
-use crate::outcome::{Refusal, Served};
+use crate::outcome::{Refusal, Served, To};
 use crate::proxy_header;
 use crate::relay::Counters;
 use crate::tunnel::gateway::Hub;
@@ -49,25 +49,18 @@ pub async fn forward(
     let first = proxy_header::encode_before(backend.proxy_protocol, client_addr, local, &already_read);
     // Boxed, like every phase before the relay, so that its state is freed
     // once done instead of being reserved for the connection's whole life.
-    let served = match &backend.tunnel {
+    let to = match &backend.tunnel {
         // Through the tunnel the header and first bytes go with the stream's
         // opening, so that an agent that refuses can be replaced by another.
-        Some(via) => {
-            let mut tunneled =
-                Box::pin(cx.tunnel.open(&backend.name, via, first.into(), backend.connect_timeout, cx.metrics)).await?;
-            tunneled.one_request = one_request;
-            Served::Tunneled(Box::new(tunneled))
-        }
+        Some(via) => To::Agent(Box::new(
+            Box::pin(cx.tunnel.open(&backend.name, via, first.into(), backend.connect_timeout, cx.metrics)).await?,
+        )),
         None => {
             let mut upstream = Box::pin(backend.connect(client_addr.ip(), cx.metrics)).await?;
             Box::pin(upstream.stream.write_all(&first)).await?;
-            if one_request {
-                Served::ForwardedOneRequest(upstream)
-            } else {
-                Served::Forwarded(upstream)
-            }
+            To::Server(upstream)
         }
     };
     cx.counters.up.fetch_add(already_read.len() as u64, Ordering::Relaxed);
-    Ok(served)
+    Ok(Served::Forwarded { to, one_request })
 }

@@ -12,16 +12,22 @@ use std::time::Duration;
 /// What a listener's path decided for a connection it accepted.
 #[derive(Debug)]
 pub enum Served {
-    /// Connected upstream, header and first bytes written: relay next.
-    Forwarded(Upstream),
-    /// One HTTP request forwarded (an ACME challenge fetch): relay the
-    /// answer back, and nothing more from the client.
-    ForwardedOneRequest(Upstream),
-    /// The same through a tunnel stream to an agent (boxed: it is larger,
-    /// and every connection's future would reserve its size).
-    Tunneled(Box<crate::tunnel::gateway::Tunneled>),
+    /// Connected upstream, header and first bytes sent: relay next.
+    /// `one_request`: those bytes were one HTTP request (an ACME challenge
+    /// fetch); relay the answer back, and nothing more from the client.
+    Forwarded { to: To, one_request: bool },
     /// Answered by the gateway itself (HTTP redirect or error).
     Answered(u16),
+}
+
+/// Where a forwarded connection's bytes go.
+#[derive(Debug)]
+pub enum To {
+    /// A server's socket.
+    Server(Upstream),
+    /// A tunnel stream to an agent (boxed: it is larger, and every
+    /// connection's future would reserve its size).
+    Agent(Box<crate::tunnel::gateway::Tunneled>),
 }
 
 /// Why a connection was refused. Nothing was sent upstream for any of these.

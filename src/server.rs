@@ -10,7 +10,7 @@ use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
 use crate::limits::{ClientKey, PendingPool};
 use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
-use crate::outcome::{Limit, Refusal, Served};
+use crate::outcome::{Limit, Refusal, Served, To};
 use crate::relay::{relay, relay_answer, Counters, RelayEnd};
 use crate::tunnel::gateway::Hub;
 use crate::{health, http, systemd, tls};
@@ -414,25 +414,25 @@ fn connection(
                         Protocol::Tunnel => unreachable!("agents are served by the tunnel hub"),
                     };
                     let decided = decide.await?;
+                    let idle = config.timeouts.idle;
                     match decided {
-                        Served::Forwarded(mut upstream) => Ok(Ended::Relayed(
-                            relay(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters).await.err(),
+                        Served::Forwarded { to: To::Server(mut upstream), one_request: false } => {
+                            Ok(Ended::Relayed(relay(&mut stream, &mut upstream.stream, idle, &counters).await.err()))
+                        }
+                        Served::Forwarded { to: To::Server(mut upstream), one_request: true } => Ok(Ended::Relayed(
+                            relay_answer(&mut stream, &mut upstream.stream, idle, &counters).await.err(),
                         )),
-                        Served::ForwardedOneRequest(mut upstream) => Ok(Ended::Relayed(
-                            relay_answer(&mut stream, &mut upstream.stream, config.timeouts.idle, &counters)
-                                .await
-                                .err(),
-                        )),
-                        Served::Tunneled(upstream) => Ok(Ended::Relayed(
-                            Box::pin(crate::tunnel::gateway::relay(
+                        Served::Forwarded { to: To::Agent(upstream), one_request } => {
+                            let relay = crate::tunnel::gateway::relay(
                                 &mut stream,
                                 upstream,
-                                config.timeouts.idle,
+                                idle,
                                 &counters,
                                 metrics,
-                            ))
-                            .await,
-                        )),
+                                one_request,
+                            );
+                            Ok(Ended::Relayed(Box::pin(relay).await))
+                        }
                         Served::Answered(status) => Ok(Ended::Answered(status)),
                     }
                 };

@@ -61,9 +61,6 @@ pub struct Agent {
 /// A stream open on an agent, counted in its `tunnel_streams` while held.
 pub struct Tunneled {
     pub stream: Stream,
-    /// Only the bytes sent with the opening go up (an ACME challenge fetch):
-    /// the relay drops what the client sends after them.
-    pub one_request: bool,
     _slot: StreamSlot,
 }
 
@@ -136,7 +133,8 @@ impl Hub {
         let Some(handshaking) = handshaking else {
             return refuse("busy", &"too many handshakes at once (tunnel.max_handshakes)");
         };
-        let tls = match tokio::time::timeout(settings.handshake_timeout, current.acceptor.accept(stream)).await {
+        let handshake = current.acceptor.accept(session::buffered(stream));
+        let tls = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
             Err(_) => return refuse("timeout", &"no complete handshake in time"),
             Ok(Err(error)) => return refuse("handshake", &error),
             Ok(Ok(tls)) => tls,
@@ -220,7 +218,7 @@ impl Hub {
                     metrics.tunnel_streams.get_or_create(&agent.labels).inc();
                     tracing::Span::current().record("server", tracing::field::display(&agent.key));
                     let slot = StreamSlot { metrics: metrics.clone(), labels: agent.labels.clone() };
-                    return Ok(Tunneled { stream, one_request: false, _slot: slot });
+                    return Ok(Tunneled { stream, _slot: slot });
                 }
                 Ok(Err(error)) => {
                     if let OpenError::TargetDown(target) = &error {
@@ -310,16 +308,19 @@ impl Drop for HandshakeSlot<'_> {
 }
 
 /// The gateway's relay for a tunneled connection: the client socket and the
-/// stream, counted in the tunnel's bytes too.
+/// stream, counted in the tunnel's bytes too. `one_request`: only the bytes
+/// sent with the opening go up (an ACME challenge fetch); what the client
+/// sends after them is dropped.
 pub async fn relay(
     client: &mut TcpStream,
     upstream: Box<Tunneled>,
     idle: Duration,
     counters: &crate::relay::Counters,
     metrics: &Metrics,
+    one_request: bool,
 ) -> Option<crate::relay::RelayEnd> {
     let before = (counters.up.load(Ordering::Relaxed), counters.down.load(Ordering::Relaxed));
-    let Tunneled { stream, one_request, _slot } = *upstream;
+    let Tunneled { stream, _slot } = *upstream;
     let end = super::relay::relay(client, stream, idle, counters, one_request).await.err();
     let up = counters.up.load(Ordering::Relaxed) - before.0;
     let down = counters.down.load(Ordering::Relaxed) - before.1;
