@@ -5,7 +5,7 @@ Starts the backend and the four gateways, runs every load against every target i
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR,
-SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
+SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_HOLD. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
 mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
 tunnel behind a home firewall that drops every inbound connection; the loads are the same.
 """
@@ -60,6 +60,11 @@ CLK = os.sysconf("SC_CLK_TCK")
 # Priority of everything measured (load generator, gateways, backend): the machine may be shared
 # with builds; a higher priority keeps their noise out of the figures. BENCH_NICE=0 to switch off.
 NICE = E.get("BENCH_NICE", "-10")
+# The CPU of the far side: the TLS backend, and in the tunnel suite everything at home (its nginx,
+# the tunnels' home ends). 1 by default (with the gateways, so a gateway's CPU cost shows as lost
+# throughput); BENCH_FAR_CPU=0 puts it beside the load generator instead, leaving CPU 1 to the
+# gateways, as when the backend or home is another machine (latency figures; CPU 0 is then shared).
+FAR_CPU = int(E.get("BENCH_FAR_CPU", "1"))
 
 # name, address, port the client connects to
 if TUNNEL:
@@ -432,10 +437,10 @@ def start_tunnel():
     home side): target -> list of processes (trees counted)."""
     d = f"{WORK}/tunnel"
     gw, home = {}, {}
-    p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
+    p = start("backend", NS_B, FAR_CPU, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
-    p = start("home-nginx", NS_H, 1, ["nginx", "-c", f"{WORK}/home/nginx.conf"])
+    p = start("home-nginx", NS_H, FAR_CPU, ["nginx", "-c", f"{WORK}/home/nginx.conf"])
     wait_listen("home-nginx", NS_H, "0.0.0.0", 443, p)
     gw.update({name: [p] for name, p in start_sni_edges().items()})
     if "sni-edge-tunnel" not in SKIPPED:
@@ -445,13 +450,13 @@ def start_tunnel():
         wait_listen("sni-edge-tunnel", NS_G, GW, 444, p)
         wait_listen("sni-edge-tunnel", NS_G, GW_HOME, TUNNEL_PORT, p)
         gw["sni-edge-tunnel"] = [p]
-        home["sni-edge-tunnel"] = [start("sni-edge-agent", NS_H, 1, [SNI_EDGE, "agent", "--config", f"{d}/agent.json"])]
+        home["sni-edge-tunnel"] = [start("sni-edge-agent", NS_H, FAR_CPU, [SNI_EDGE, "agent", "--config", f"{d}/agent.json"])]
     sshd = start("sshd", NS_G, 1, ["/usr/sbin/sshd", "-D", "-e", "-f", f"{d}/sshd_config"])
     wait_listen("sshd", NS_G, GW_HOME, 22, sshd)
     ssh_opts = ["-F", "/dev/null", "-i", f"{d}/ssh_home", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={d}/known_hosts", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
-    home["ssh"] = [start("autossh", NS_H, 1, ["env", "AUTOSSH_GATETIME=0", f"AUTOSSH_LOGFILE={WORK}/autossh.log",
+    home["ssh"] = [start("autossh", NS_H, FAR_CPU, ["env", "AUTOSSH_GATETIME=0", f"AUTOSSH_LOGFILE={WORK}/autossh.log",
                                               "autossh", "-M", "0", "-N", *ssh_opts,
                                               "-R", f"127.0.0.1:{SSH_FWD}:127.0.0.1:443", f"root@{GW_HOME}"])]
     wait_listen("sshd", NS_G, "127.0.0.1", SSH_FWD, sshd)
@@ -460,7 +465,7 @@ def start_tunnel():
     gw["ssh"] = [p, sshd]
     rs = start("rathole-server", NS_G, 1, [RATHOLE, "--server", f"{d}/rathole-server.toml"])
     wait_listen("rathole-server", NS_G, GW_HOME, RATHOLE_CTL, rs)
-    home["rathole"] = [start("rathole-client", NS_H, 1, [RATHOLE, "--client", f"{d}/rathole-client.toml"])]
+    home["rathole"] = [start("rathole-client", NS_H, FAR_CPU, [RATHOLE, "--client", f"{d}/rathole-client.toml"])]
     wait_listen("rathole-server", NS_G, "127.0.0.1", RATHOLE_FWD, rs)
     p = start("haproxy-rathole", NS_G, 1, ["haproxy", "-db", "-f", f"{d}/haproxy-rathole.cfg"])
     wait_listen("haproxy-rathole", NS_G, GW, 446, p)
@@ -499,7 +504,7 @@ def start_sni_edges():
 
 def start_all():
     procs = {}
-    p = start("backend", NS_B, 1, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
+    p = start("backend", NS_B, FAR_CPU, ["nginx", "-c", f"{WORK}/backend/nginx.conf"])
     wait_listen("backend", NS_B, BE, 443, p)
     wait_listen("backend", NS_B, BE, 8443, p)
     procs.update(start_sni_edges())
@@ -576,11 +581,11 @@ def main():
         for name, ip, port in GATEWAYS:
             wait_serving(name, ip, port)
         tunnel_checks()
-        if E.get("BENCH_HOLD"):   # a scratch knob: look around in the namespaces before measuring
-            log(f"holding {E['BENCH_HOLD']} s: namespaces {NS_C} {NS_G} {NS_H}")
-            time.sleep(float(E["BENCH_HOLD"]))
     else:
         procs, home = {name: [p] for name, p in start_all().items()}, {}
+    if E.get("BENCH_HOLD"):   # everything up, nothing measured yet: for looking around by hand
+        log(f"holding {E['BENCH_HOLD']} s: namespaces {' '.join(n for n in (NS_C, NS_G, NS_B, NS_H) if n)}")
+        time.sleep(float(E["BENCH_HOLD"]))
     pids = {name: (lambda ps=procs[name]: [q for p in ps for q in tree(p.pid)]) for name, _, _ in GATEWAYS}
     home_pids = {name: (lambda ps=ps: [q for p in ps for q in tree(p.pid)]) for name, ps in home.items()}
     R = {name: {} for name, _, _ in TARGETS}
@@ -1143,7 +1148,7 @@ def report(R, segs, started_at, finished_at, load_start, load_end, profile):
                   f"(the padded ClientHello is ~{PAD + 500} bytes and crosses a segment boundary).")
     text = f"""# sni-edge {'tunnel ' if TUNNEL else ''}benchmark, {date}
 
-Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}{', new connections only (BENCH_ONLY=conn)' if ONLY == 'conn' else ''}.
+Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}{', new connections only (BENCH_ONLY=conn)' if ONLY == 'conn' else ''}{f', far side (backend, home) on CPU {FAR_CPU} (BENCH_FAR_CPU)' if FAR_CPU != 1 else ''}.
 Produced by `sudo {'BENCH_SUITE=tunnel ' if TUNNEL else ''}bench/run.sh`; method in bench/README.md.
 
 {chr(10).join('- ' + v for v in versions())}

@@ -17,7 +17,10 @@
 # default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
 # BENCH_KEEP=1 (keep the work directory with configs and logs), BENCH_SUITE (gateways, the
 # default, or tunnel), RATHOLE (tunnel suite: use this rathole binary; by default rathole 0.5.0
-# is installed with cargo into BENCH_CACHE, default /var/cache/sni-edge-bench, when missing).
+# is installed with cargo into BENCH_CACHE, default /var/cache/sni-edge-bench, when missing),
+# BENCH_PROFILE=1 (tunnel suite: perf profiles of the tunnel's gateway and agent), BENCH_FAR_CPU=0
+# (backend and home on CPU 0 beside the load, gateways alone on CPU 1), BENCH_HOLD=SECONDS (keep
+# everything up that long before measuring, to look around by hand). bench/README.md has more.
 #
 # Topology (network namespaces, veth, RFC 5737 addresses):
 #   client 198.51.100.10 --- 198.51.100.1 gateway 192.0.2.1 --- 192.0.2.20 backend
