@@ -116,7 +116,7 @@ async fn session(shared: &Arc<Shared>, gateway: &Gateway) -> anyhow::Result<Stri
     let local = tcp.local_addr()?;
     let tls_config = auth::agent_config(&shared.config.key, gateway.key);
     let connector = tokio_rustls::TlsConnector::from(tls_config);
-    let tls = tokio::time::timeout(timeouts.handshake, connector.connect(auth::server_name(), session::buffered(tcp)))
+    let tls = tokio::time::timeout(timeouts.handshake, connector.connect(auth::server_name(), tcp))
         .await
         .context("TLS handshake timed out")?
         .context("TLS handshake (is gateways[].public_key the gateway's key, and this agent's key listed there?)")?;

@@ -133,8 +133,7 @@ impl Hub {
         let Some(handshaking) = handshaking else {
             return refuse("busy", &"too many handshakes at once (tunnel.max_handshakes)");
         };
-        let handshake = current.acceptor.accept(session::buffered(stream));
-        let tls = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        let tls = match tokio::time::timeout(settings.handshake_timeout, current.acceptor.accept(stream)).await {
             Err(_) => return refuse("timeout", &"no complete handshake in time"),
             Ok(Err(error)) => return refuse("handshake", &error),
             Ok(Ok(tls)) => tls,

@@ -13,14 +13,6 @@ pub const MAX_FRAME: u32 = 64 * 1024;
 /// Streams one session may carry at once.
 pub const MAX_STREAMS: u32 = 16 * 1024;
 
-/// The session's socket as TLS reads it: through a 64 KiB buffer. rustls
-/// asks for at most 4 KiB per read, so a bulk transfer read straight from
-/// the socket costs four or more system calls per 16 KiB record; one buffer
-/// per session (not per stream) turns them into one.
-pub fn buffered(socket: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::TcpStream> {
-    tokio::io::BufReader::with_capacity(64 * 1024, socket)
-}
-
 pub fn client_builder() -> h2::client::Builder {
     let mut builder = h2::client::Builder::new();
     builder
