@@ -1104,6 +1104,14 @@ def rathole_version():
     return got.group(1) if got else "unknown"
 
 
+def built_from(binary):
+    """The git revision of the work tree a binary was built in, else its file name: results name
+    builds, not this machine's paths."""
+    where = os.path.dirname(os.path.realpath(binary))
+    r = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"git {r.stdout.strip()}" if r.returncode == 0 else os.path.basename(binary)
+
+
 def versions():
     def run(argv):
         try:
@@ -1121,7 +1129,7 @@ def versions():
              else [f"sniproxy: {run(['sniproxy', '-V'])}"])
     return [
         f"sni-edge: git {rev}{' + uncommitted changes in src/' if dirty else ''} ({run([SNI_EDGE, '--version'])})",
-    ] + ([f"sni-edge-before (×b): {BASELINE} ({run([BASELINE, '--version'])})"] if BASELINE else []) + [
+    ] + ([f"sni-edge-before (×b): {built_from(BASELINE)} ({run([BASELINE, '--version'])})"] if BASELINE else []) + [
         f"HAProxy: {run(['haproxy', '-v'])}",
         f"nginx: {run(['nginx', '-v'])}",
         *peers,
