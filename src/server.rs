@@ -58,9 +58,9 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 /// bound here or passed by systemd: TCP_NODELAY, which accepted sockets
 /// inherit.
 ///
-/// Not TCP_DEFER_ACCEPT (nginx's `deferred`): measured against this build
-/// in one bench run, it added about 50 µs to the time to first byte and did
-/// not lower CPU per connection (bench/results/ISSUE-12-NOTES.md).
+/// Not TCP_DEFER_ACCEPT (nginx's `deferred`): it saves a wake-up per
+/// connection (2–15 % of its CPU), but in the bench it added 80 to 110 µs
+/// to every connection's time to first byte (bench/results/ISSUE-12-NOTES.md).
 pub fn tune_listener(socket: socket2::SockRef<'_>) -> io::Result<()> {
     socket.set_nodelay(true)
 }
