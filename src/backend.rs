@@ -57,6 +57,26 @@ impl ServerAddress {
             ServerAddress::Dns(host, port) => Ok(tokio::net::lookup_host((host.as_str(), *port)).await?.collect()),
         }
     }
+
+    /// Connects to the first of its addresses that answers within
+    /// `timeout`, with TCP_NODELAY: the hello and small TLS records must not
+    /// wait for Nagle. Used for servers and for an agent's gateways and
+    /// targets alike.
+    pub async fn connect(&self, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut last = None;
+        for addr in self.resolve().await? {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    stream.set_nodelay(true)?;
+                    return Ok((stream, addr));
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out"))),
+            }
+        }
+        // Made only when needed: an io::Error with a message allocates.
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")))
+    }
 }
 
 impl fmt::Display for ServerAddress {
@@ -196,7 +216,7 @@ impl Backend {
             let Some(slot) = server.take_slot() else { continue };
             let labels = &server.labels;
             let started = std::time::Instant::now();
-            match self.connect_one(server).await {
+            match server.address.connect(self.connect_timeout).await {
                 Ok((stream, address)) => {
                     metrics.connect_seconds.get_or_create(labels).observe(started.elapsed().as_secs_f64());
                     tracing::Span::current().record("server", tracing::field::display(address));
@@ -217,23 +237,6 @@ impl Backend {
             Some((server, error)) => Err(ConnectError::Failed { backend: self.name.clone(), server, error }),
             None => Err(ConnectError::Full { backend: self.name.clone() }),
         }
-    }
-
-    async fn connect_one(&self, server: &Server) -> io::Result<(TcpStream, SocketAddr)> {
-        let mut last = None;
-        for addr in server.address.resolve().await? {
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    // The hello and small TLS records must not wait for Nagle.
-                    stream.set_nodelay(true)?;
-                    return Ok((stream, addr));
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            }
-        }
-        // Made only when needed: an io::Error with a message allocates.
-        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")))
     }
 }
 

@@ -391,27 +391,25 @@ impl Config {
 
 /// Reads a JSON object into `T`; an error names the key path and line.
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    {
-        // serde would read a JSON array as a struct's fields in order, with
-        // a baffling message; say plainly what the top level must be.
-        let body = text.trim_start();
-        if !body.is_empty() && !body.starts_with('{') {
-            let line = 1 + text[..text.len() - body.len()].matches('\n').count();
-            return Err(error(format!("line {line}"), "the config must be a JSON object, starting with '{'"));
-        }
-        let deserializer = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let inner = e.inner();
-            let place = match e.path().to_string().as_str() {
-                "." | "?" => format!("line {}", inner.line()),
-                path => format!("{path} (line {})", inner.line()),
-            };
-            // serde_json's own message ends in " at line L column C", already said.
-            let message = inner.to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-            error(place, message)
-        })
+    // serde would read a JSON array as a struct's fields in order, with
+    // a baffling message; say plainly what the top level must be.
+    let body = text.trim_start();
+    if !body.is_empty() && !body.starts_with('{') {
+        let line = 1 + text[..text.len() - body.len()].matches('\n').count();
+        return Err(error(format!("line {line}"), "the config must be a JSON object, starting with '{'"));
     }
+    let deserializer = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let inner = e.inner();
+        let place = match e.path().to_string().as_str() {
+            "." | "?" => format!("line {}", inner.line()),
+            path => format!("{path} (line {})", inner.line()),
+        };
+        // serde_json's own message ends in " at line L column C", already said.
+        let message = inner.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        error(place, message)
+    })
 }
 
 impl RawConfig {
@@ -631,9 +629,7 @@ impl RawBackend {
             self.health_check,
         ))
     }
-}
 
-impl RawBackend {
     /// The agent group and target of a tunnel backend, checked; `None` for
     /// a backend of servers.
     fn via(
@@ -641,17 +637,16 @@ impl RawBackend {
         place: &str,
         tunnel: Option<&crate::tunnel::settings::Settings>,
     ) -> Result<Option<crate::tunnel::gateway::Via>, ConfigError> {
-        let group = match (&self.agents, &self.target) {
+        let (group, target) = match (&self.agents, &self.target) {
             (None, None) => return Ok(None),
             (None, Some(_)) => return Err(error(format!("{place}.target"), "only a backend with agents has a target")),
             (Some(_), None) => return Err(error(format!("{place}.target"), "required with agents")),
-            (Some(group), Some(_)) => group,
+            (Some(group), Some(target)) => (group, target),
         };
-        let target = self.target.clone().unwrap_or_default();
         if !self.servers.is_empty() {
             return Err(error(place, "a backend has either servers or agents, not both"));
         }
-        if !crate::tunnel::status::valid_target(&target) {
+        if !crate::tunnel::status::valid_target(target) {
             return Err(error(format!("{place}.target"), "a target name uses letters, digits, '-', '_' and '.' only"));
         }
         let Some(tunnel) = tunnel else {
@@ -663,7 +658,7 @@ impl RawBackend {
                 format!("no group {group:?} in tunnel.agents (groups: {})", tunnel.groups().join(", ")),
             ));
         }
-        Ok(Some(crate::tunnel::gateway::Via { group: group.clone(), target }))
+        Ok(Some(crate::tunnel::gateway::Via { group: group.clone(), target: target.clone() }))
     }
 }
 

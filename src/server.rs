@@ -41,6 +41,10 @@ pub enum Control {
 /// a restart does not wait for TIME_WAIT, IPv6 sockets that take only IPv6,
 /// so `0.0.0.0:443` and `[::]:443` can both be listed, and TCP_NODELAY,
 /// which accepted sockets inherit (one system call less per connection).
+///
+/// Not TCP_DEFER_ACCEPT (nginx's `deferred`): it saves a wake-up per
+/// connection (2–15 % of its CPU), but in the bench it added 80 to 110 µs
+/// to every connection's time to first byte (bench/results/ISSUE-12-NOTES.md).
 pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -54,24 +58,6 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// The socket options a gateway listener gets on top of `bind`'s, whether
-/// bound here or passed by systemd: TCP_NODELAY, which accepted sockets
-/// inherit.
-///
-/// Not TCP_DEFER_ACCEPT (nginx's `deferred`): it saves a wake-up per
-/// connection (2–15 % of its CPU), but in the bench it added 80 to 110 µs
-/// to every connection's time to first byte (bench/results/ISSUE-12-NOTES.md).
-pub fn tune_listener(socket: socket2::SockRef<'_>) -> io::Result<()> {
-    socket.set_nodelay(true)
-}
-
-/// A new gateway listener: `bind`, then `tune_listener`.
-fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = bind(address)?;
-    tune_listener(socket2::SockRef::from(&socket))?;
-    Ok(socket)
-}
-
 /// Every listener of a config: a socket passed by systemd for its address
 /// if there is one (socket activation), else a new one.
 pub fn bind_all(
@@ -82,10 +68,11 @@ pub fn bind_all(
     for listener in &config.listeners {
         let socket = match inherited.remove(&listener.address) {
             Some(socket) => {
-                tune_listener(socket2::SockRef::from(&socket))?;
+                // As `bind` sets it on its own sockets.
+                socket2::SockRef::from(&socket).set_nodelay(true)?;
                 TcpListener::from_std(socket)?
             }
-            None => bind_listener(listener.address)
+            None => bind(listener.address)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", listener.address)))?,
         };
         listeners.insert(listener.address, socket);
@@ -268,8 +255,8 @@ fn reload(
     let mut opened = HashMap::new();
     for listener in &config.listeners {
         if !loops.contains_key(&listener.address) {
-            let socket = bind_listener(listener.address)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
+            let socket =
+                bind(listener.address).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
             opened.insert(listener.address, socket);
         }
     }

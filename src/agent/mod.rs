@@ -19,11 +19,9 @@ use crate::tunnel::{auth, session};
 use bytes::Bytes;
 use config::{AgentConfig, Gateway};
 use std::collections::BTreeMap;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -112,7 +110,7 @@ fn random_fraction() -> f64 {
 async fn session(shared: &Arc<Shared>, gateway: &Gateway) -> anyhow::Result<String> {
     use anyhow::Context;
     let timeouts = &shared.config.timeouts;
-    let tcp = connect(&gateway.address, timeouts.connect).await.context("connecting")?;
+    let (tcp, _) = gateway.address.connect(timeouts.connect).await.context("connecting")?;
     let local = tcp.local_addr()?;
     let tls_config = auth::agent_config(&shared.config.key, gateway.key);
     let connector = tokio_rustls::TlsConnector::from(tls_config);
@@ -145,21 +143,6 @@ async fn session(shared: &Arc<Shared>, gateway: &Gateway) -> anyhow::Result<Stri
     }
 }
 
-async fn connect(address: &ServerAddress, timeout: Duration) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
-    for addr in address.resolve().await? {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
-            }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")),
-        }
-    }
-    Err(last)
-}
-
 /// One stream from the gateway: the status channel (GET), or a connection
 /// to a target (POST /NAME).
 async fn serve_stream(
@@ -177,8 +160,8 @@ async fn serve_stream(
     };
     let span = tracing::info_span!("stream", target = %name);
     async {
-        let mut socket = match connect(&target.address, shared.config.timeouts.connect).await {
-            Ok(socket) => socket,
+        let mut socket = match target.address.connect(shared.config.timeouts.connect).await {
+            Ok((socket, _)) => socket,
             Err(error) => {
                 tracing::warn!(address = %target.address, %error, "target unreachable; refusing its streams");
                 mark_down(&shared, &name);
@@ -218,7 +201,7 @@ fn mark_down(shared: &Arc<Shared>, name: &str) {
         let target = &shared.targets[&name];
         loop {
             tokio::time::sleep(shared.config.keepalive.interval).await;
-            if connect(&target.address, shared.config.timeouts.connect).await.is_ok() {
+            if target.address.connect(shared.config.timeouts.connect).await.is_ok() {
                 break;
             }
         }
