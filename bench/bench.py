@@ -5,7 +5,7 @@ Starts the backend and the four gateways, runs every load against every target i
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR,
-SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_HOLD. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
+SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_HOLD, BENCH_REPS. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
 mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
 tunnel behind a home firewall that drops every inbound connection; the loads are the same.
 """
@@ -39,7 +39,7 @@ ONLY = E.get("BENCH_ONLY", "")
 CALLGRIND = E.get("BENCH_CALLGRIND") == "1"
 COUNT_CONNS = 300 if QUICK else 1000   # connections per system-call / instruction count
 
-REPS = 1 if QUICK else 3           # runs per figure; the table shows the median
+REPS = 1 if QUICK else int(E.get("BENCH_REPS", "3"))  # runs per figure; the table shows the median
 RATE_SECS = 1.5 if QUICK else 3.0  # one connection-rate run
 RATE_MAX = 200_000                 # connections per rate run, at most
 BIG_MIB = 64 if QUICK else 256     # the large file
@@ -53,9 +53,14 @@ TTFB_ROUNDS = 100 if QUICK else 300  # sequential connections per target and run
 PAD = 1400                         # ALPN padding: a ~1.9 KB ClientHello, two TCP segments
 SNI = "bench.example.test"
 GW, BE = "198.51.100.1", "192.0.2.20"
+GW_BE = "192.0.2.1"                # the gateway's address on the backend's link
 CLIENT = "198.51.100.10"
 GW_HOME, HOME = "203.0.113.1", "203.0.113.20"  # the gateway's address on the home link; home's
 TUNNEL_PORT, SSH_FWD, RATHOLE_CTL, RATHOLE_FWD = 7443, 8443, 2333, 8444
+# The tunnel suite's reference column "two-hop": no tunnel, but a second sni-edge in direct mode on
+# the far side's CPU, in front of the backend (on BE:TWO_HOP_PORT), after the gateway's. What any
+# process relaying at home costs in this layout when it encrypts nothing and relays with splice.
+TWO_HOP_PORT = 8445
 CLK = os.sysconf("SC_CLK_TCK")
 # Priority of everything measured (load generator, gateways, backend): the machine may be shared
 # with builds; a higher priority keeps their noise out of the figures. BENCH_NICE=0 to switch off.
@@ -69,7 +74,7 @@ FAR_CPU = int(E.get("BENCH_FAR_CPU", "1"))
 # name, address, port the client connects to
 if TUNNEL:
     TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("sni-edge-tunnel", GW, 444), ("ssh", GW, 445),
-               ("rathole", GW, 446)]
+               ("rathole", GW, 446), ("two-hop", GW, 447)]
     PEER = "sni-edge"    # the ×p ratios compare to sni-edge's direct mode
     PADS, BULK = (0,), (1,)
 else:
@@ -430,6 +435,13 @@ token = "{token}"
 {service}
 """)
     haproxy_cfg(f"{d}/haproxy-rathole.cfg", 446, f"127.0.0.1:{RATHOLE_FWD}")
+    # two-hop: the gateway's sni-edge to the far one, which trusts only its PROXY header.
+    write(f"{d}/two-hop-gateway.json", sni_edge_conf(
+        listeners=[{"address": f"{GW}:447", "protocol": "tls"}],
+        backends={"bench": {"servers": [f"{BE}:{TWO_HOP_PORT}"], "proxy_protocol": "v2"}}))
+    write(f"{d}/two-hop-far.json", sni_edge_conf(
+        listeners=[{"address": f"{BE}:{TWO_HOP_PORT}", "protocol": "tls", "proxy_protocol_from": [f"{GW_BE}/32"]}],
+        backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
 
 
 def start_tunnel():
@@ -470,6 +482,11 @@ def start_tunnel():
     p = start("haproxy-rathole", NS_G, 1, ["haproxy", "-db", "-f", f"{d}/haproxy-rathole.cfg"])
     wait_listen("haproxy-rathole", NS_G, GW, 446, p)
     gw["rathole"] = [p, rs]
+    for side, ns, cpu, ip, port in (("far", NS_B, FAR_CPU, BE, TWO_HOP_PORT), ("gateway", NS_G, 1, GW, 447)):
+        run_ok([SNI_EDGE, "check", "--config", f"{d}/two-hop-{side}.json"], f"sni-edge check (two-hop, {side})")
+        p = start(f"two-hop-{side}", ns, cpu, [SNI_EDGE, "run", "--config", f"{d}/two-hop-{side}.json"])
+        wait_listen(f"two-hop-{side}", ns, ip, port, p)
+        (home if side == "far" else gw)["two-hop"] = [p]
     return gw, home
 
 
@@ -1029,13 +1046,13 @@ def verdicts(values, R):
             lines.append(f"- {'MET' if ok else 'MISSED'}: {text}")
 
     if TUNNEL:
-        tunnel_verdicts(v, check)
+        tunnel_verdicts(v, check, lambda text: lines.append(f"- {text}"))
     else:
         gateway_verdicts(v, R, check)
     return lines, errors(R)
 
 
-def tunnel_verdicts(v, check):
+def tunnel_verdicts(v, check, note):
     """The issue's targets for tunnel mode, against direct mode and the two peers."""
     t, s = "sni-edge-tunnel", "sni-edge"
     if t in SKIPPED:
@@ -1057,6 +1074,13 @@ def tunnel_verdicts(v, check):
         fmt = "{:.2f}" if "gb" in k else "{:.0f}"
         check(all(mine < p for p in peers.values()), f"{what} below both peers': tunnel {fmt.format(mine)}; "
               + ", ".join(f"{n} {fmt.format(p)}" for n, p in peers.items()))
+    # Not a target: the same two figures for a home-side hop that encrypts nothing, in this layout.
+    a, b = v("p0_c1_ttfb50", "two-hop"), v("p0_c1_ttfb50", s)
+    c, d = v("bulk1_mbps", "two-hop"), v("bulk1_mbps", s)
+    if None not in (a, b) and c and d:
+        note(f"reference, not a target: two-hop (a second sni-edge in direct mode on the far side's CPU, in front "
+             f"of the backend: no tunnel, no encryption, splice) adds {a - b:+.0f} µs to direct mode's TTFB p50 and "
+             f"reaches {c / d:.2f} of its bulk")
 
 
 def gateway_verdicts(v, R, check):
@@ -1148,7 +1172,10 @@ def report(R, segs, started_at, finished_at, load_start, load_end, profile):
         legend = ("`×d` = ratio to direct (no gateway), `×p` = ratio to sni-edge's direct mode in the same run.\n"
                   "sni-edge = direct mode (the gateway connects to the backend); sni-edge-tunnel = the gateway plus\n"
                   "`sni-edge agent` at home; ssh = HAProxy + sshd on the gateway, autossh/ssh -R at home; rathole =\n"
-                  "HAProxy + rathole server on the gateway, rathole client at home (Noise).")
+                  "HAProxy + rathole server on the gateway, rathole client at home (Noise); two-hop = a reference,\n"
+                  "not a tunnel: sni-edge in direct mode twice in a row, the second on the far side's CPU in front of\n"
+                  "the backend (home side = that second one): a home-side hop that encrypts nothing, relays with\n"
+                  "splice, and pays one TCP handshake per connection to reach it.")
     else:
         legend = (f"`×d` = ratio to direct (no gateway), `×h` = ratio to HAProxy in the same run"
                   f"{', `×b` = sni-edge against sni-edge-before (SNI_EDGE_BASELINE)' if BASELINE else ''}.\n"
@@ -1186,9 +1213,13 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
 """
     # A quick run is a smoke test: it must not replace the day's published results.
     # Nor must a partial one (BENCH_ONLY=conn).
-    kind = "TUNNEL-" if TUNNEL else ""
+    # Another layout gets its own name, so that it stands beside the day's run in the default one.
+    layout = "" if FAR_CPU == 1 else f"FAR{FAR_CPU}-"
     partial = QUICK or ONLY
-    name = f"{'QUICK' if QUICK else 'CONN'}-{kind}{date}.md" if partial else f"{kind or 'RESULTS-'}{date}.md"
+    if partial:
+        name = f"{'QUICK' if QUICK else 'CONN'}-{'TUNNEL-' if TUNNEL else ''}{layout}{date}.md"
+    else:
+        name = f"{'TUNNEL-' if TUNNEL else 'RESULTS-'}{layout}{date}.md"
     path = f"{BENCH_DIR}/results/{name}"
     write(path, text)
     print(tab)
@@ -1196,9 +1227,9 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
     if errs:
         print("\n".join("! " + e for e in errs))
     print(f"\nwritten: bench/results/{name}")
-    # Keep the README's copy of the latest table current.
+    # Keep the README's copy of the latest table (default layout) current.
     readme = f"{BENCH_DIR}/README.md"
-    if os.path.exists(readme) and not partial:
+    if os.path.exists(readme) and not partial and FAR_CPU == 1:
         old = open(readme).read()
         mark = "tunnel-results" if TUNNEL else "results"
         new = re.sub(rf"(<!-- {mark}:begin -->\n).*?(<!-- {mark}:end -->)",

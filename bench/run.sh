@@ -20,7 +20,8 @@
 # is installed with cargo into BENCH_CACHE, default /var/cache/sni-edge-bench, when missing),
 # BENCH_PROFILE=1 (tunnel suite: perf profiles of the tunnel's gateway and agent), BENCH_FAR_CPU=0
 # (backend and home on CPU 0 beside the load, gateways alone on CPU 1), BENCH_HOLD=SECONDS (keep
-# everything up that long before measuring, to look around by hand). bench/README.md has more.
+# everything up that long before measuring, to look around by hand), BENCH_REPS (rounds per figure,
+# default 3). bench/README.md has more.
 #
 # Topology (network namespaces, veth, RFC 5737 addresses):
 #   client 198.51.100.10 --- 198.51.100.1 gateway 192.0.2.1 --- 192.0.2.20 backend
@@ -169,7 +170,8 @@ in_ns "$NS_C" ethtool -K eth0 tso off gso off >/dev/null 2>&1 || true
 if [ "$SUITE" = tunnel ]; then
   # Home: the gateway has a route to it, but its firewall drops every inbound connection; it
   # dials out. The backend gets the same kind of firewall (new connections to its ingress ports
-  # only), so both sides pay for connection tracking alike.
+  # only, and to 8445, the two-hop reference's second sni-edge), so both sides pay for connection
+  # tracking alike.
   add_ns "$NS_H"
   ip link add h0 netns "$NS_G" type veth peer name eth0 netns "$NS_H" || die "veth home"
   in_ns "$NS_G" ip addr add 203.0.113.1/24 dev h0
@@ -182,7 +184,7 @@ if [ "$SUITE" = tunnel ]; then
       || die "nft firewall in $1"
   }
   firewall "$NS_H" ""
-  firewall "$NS_B" "tcp dport { 443, 8443 } ct state new accept"
+  firewall "$NS_B" "tcp dport { 443, 8443, 8445 } ct state new accept"
 fi
 sleep 0.3
 
