@@ -5,8 +5,11 @@
 #
 #   tests/aarch64.sh            install what is missing, cross-build, test, smoke-run the binary
 #
-# Environment: CARGO_TARGET_DIR (default: /tmp/sni-edge-aarch64-target, kept apart from the
-# native build so the two never mix artifacts).
+# Environment: CARGO_TARGET_DIR (default: /tmp/sni-edge-aarch64-target-<hash of the checkout's
+# path>, kept apart from the native build so the two never mix artifacts, and one per checkout:
+# cargo takes a test binary built from the same sources in another checkout as up to date, and
+# that binary reads the other checkout's files, since env!("CARGO_MANIFEST_DIR") is fixed at build
+# time).
 #
 # Pitfalls this script avoids (see the project's notes on aarch64):
 # - rustup's proxies come first on PATH and their toolchain has no aarch64 std: use Debian's
@@ -21,7 +24,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=aarch64-unknown-linux-gnu
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sni-edge-aarch64-target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sni-edge-aarch64-target-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)}
 
 log() { printf '# %s\n' "$*"; }
 die() { printf 'aarch64: error: %s\n' "$*" >&2; exit 1; }
