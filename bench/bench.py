@@ -39,7 +39,7 @@ ONLY = E.get("BENCH_ONLY", "")
 CALLGRIND = E.get("BENCH_CALLGRIND") == "1"
 COUNT_CONNS = 300 if QUICK else 1000   # connections per system-call / instruction count
 
-REPS = 1 if QUICK else int(E.get("BENCH_REPS", "3"))  # runs per figure; the table shows the median
+REPS = 1 if QUICK else int(E.get("BENCH_REPS") or 3)  # runs per figure; the table shows the median
 RATE_SECS = 1.5 if QUICK else 3.0  # one connection-rate run
 RATE_MAX = 200_000                 # connections per rate run, at most
 BIG_MIB = 64 if QUICK else 256     # the large file
@@ -69,7 +69,7 @@ NICE = E.get("BENCH_NICE", "-10")
 # the tunnels' home ends). 1 by default (with the gateways, so a gateway's CPU cost shows as lost
 # throughput); BENCH_FAR_CPU=0 puts it beside the load generator instead, leaving CPU 1 to the
 # gateways, as when the backend or home is another machine (latency figures; CPU 0 is then shared).
-FAR_CPU = int(E.get("BENCH_FAR_CPU", "1"))
+FAR_CPU = int(E.get("BENCH_FAR_CPU") or 1)
 
 # name, address, port the client connects to
 if TUNNEL:

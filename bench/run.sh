@@ -140,6 +140,8 @@ if [ -n "${SNI_EDGE_BASELINE:-}" ]; then
   SNI_EDGE_BASELINE=$(realpath "$SNI_EDGE_BASELINE")
 fi
 case ${BENCH_ONLY:-} in ''|conn) ;; *) die "BENCH_ONLY=$BENCH_ONLY: the only partial run is BENCH_ONLY=conn" ;; esac
+case ${BENCH_REPS:-3} in *[!0-9]*|0*) die "BENCH_REPS=$BENCH_REPS: expected a number of rounds, 1 or more" ;; esac
+case ${BENCH_FAR_CPU:-1} in 0|1) ;; *) die "BENCH_FAR_CPU=$BENCH_FAR_CPU: expected 0 or 1 (this machine's CPUs)" ;; esac
 gcc -O2 -Wall -o "$WORK/tlsload" "$BENCH_DIR/tlsload.c" -lssl -lcrypto || die "compiling tlsload"
 
 # --- topology ---------------------------------------------------------------------------------
