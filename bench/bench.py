@@ -456,12 +456,9 @@ def start_tunnel():
     wait_listen("home-nginx", NS_H, "0.0.0.0", 443, p)
     gw.update({name: [p] for name, p in start_sni_edges().items()})
     if "sni-edge-tunnel" not in SKIPPED:
-        run_ok([SNI_EDGE, "check", "--config", f"{d}/gateway.json"], "sni-edge check (tunnel gateway)")
         run_ok([SNI_EDGE, "check", "--config", f"{d}/agent.json"], "sni-edge check (agent)")
-        p = start("sni-edge-tunnel", NS_G, 1, [SNI_EDGE, "run", "--config", f"{d}/gateway.json"])
-        wait_listen("sni-edge-tunnel", NS_G, GW, 444, p)
-        wait_listen("sni-edge-tunnel", NS_G, GW_HOME, TUNNEL_PORT, p)
-        gw["sni-edge-tunnel"] = [p]
+        gw["sni-edge-tunnel"] = [run_sni_edge("sni-edge-tunnel", NS_G, 1, SNI_EDGE, f"{d}/gateway.json",
+                                              (GW, 444), (GW_HOME, TUNNEL_PORT))]
         home["sni-edge-tunnel"] = [start("sni-edge-agent", NS_H, FAR_CPU, [SNI_EDGE, "agent", "--config", f"{d}/agent.json"])]
     sshd = start("sshd", NS_G, 1, ["/usr/sbin/sshd", "-D", "-e", "-f", f"{d}/sshd_config"])
     wait_listen("sshd", NS_G, GW_HOME, 22, sshd)
@@ -482,11 +479,9 @@ def start_tunnel():
     p = start("haproxy-rathole", NS_G, 1, ["haproxy", "-db", "-f", f"{d}/haproxy-rathole.cfg"])
     wait_listen("haproxy-rathole", NS_G, GW, 446, p)
     gw["rathole"] = [p, rs]
-    for side, ns, cpu, ip, port in (("far", NS_B, FAR_CPU, BE, TWO_HOP_PORT), ("gateway", NS_G, 1, GW, 447)):
-        run_ok([SNI_EDGE, "check", "--config", f"{d}/two-hop-{side}.json"], f"sni-edge check (two-hop, {side})")
-        p = start(f"two-hop-{side}", ns, cpu, [SNI_EDGE, "run", "--config", f"{d}/two-hop-{side}.json"])
-        wait_listen(f"two-hop-{side}", ns, ip, port, p)
-        (home if side == "far" else gw)["two-hop"] = [p]
+    home["two-hop"] = [run_sni_edge("two-hop-far", NS_B, FAR_CPU, SNI_EDGE, f"{d}/two-hop-far.json",
+                                    (BE, TWO_HOP_PORT))]
+    gw["two-hop"] = [run_sni_edge("two-hop-gateway", NS_G, 1, SNI_EDGE, f"{d}/two-hop-gateway.json", (GW, 447))]
     return gw, home
 
 
@@ -509,14 +504,20 @@ def tunnel_checks():
     log(f"every target passes the client's address ({CLIENT}) to the ingress")
 
 
+def run_sni_edge(name, ns, cpu, binary, config, *listens):
+    """`binary run --config config` once `binary check` accepts the config, waited for until it
+    listens on every (address, port) of `listens`."""
+    run_ok([binary, "check", "--config", config], f"{name} check")
+    p = start(name, ns, cpu, [binary, "run", "--config", config])
+    for ip, port in listens:
+        wait_listen(name, ns, ip, port, p)
+    return p
+
+
 def start_sni_edges():
     """Every direct-mode sni-edge binary (SNI_EDGES), each config checked by its own binary first."""
-    procs = {}
-    for name, ip, port in SNI_EDGES:
-        run_ok([BINARY[name], "check", "--config", f"{WORK}/{name}.json"], f"{name} check")
-        procs[name] = start(name, NS_G, 1, [BINARY[name], "run", "--config", f"{WORK}/{name}.json"])
-        wait_listen(name, NS_G, ip, port, procs[name])
-    return procs
+    return {name: run_sni_edge(name, NS_G, 1, BINARY[name], f"{WORK}/{name}.json", (ip, port))
+            for name, ip, port in SNI_EDGES}
 
 
 def start_all():
