@@ -7,14 +7,16 @@
 //!
 //! The record layer is reassembled here: a ClientHello may span several TLS
 //! records (allowed by RFC 8446 §5.1, and what post-quantum key shares
-//! provoke) as well as several TCP reads. The message itself is parsed with
-//! tls-parser; on top of it every length that tls-parser lets slide (trailing
-//! bytes after the extensions, inside the SNI list) is checked, because any
-//! ambiguity is a way for two parsers to see two different names.
+//! provoke) as well as several TCP reads. The message's fields are parsed
+//! with tls-parser, and its extension block is walked here: every length that
+//! decides where the server_name extension is and what it says (each
+//! extension's, trailing bytes after the block, inside the SNI list) is
+//! checked, because any ambiguity is a way for two parsers to see two
+//! different names. What the other extensions hold is the server's to check.
 
 use crate::names::{HostName, NameError, Requested};
 use std::borrow::Cow;
-use tls_parser::{parse_tls_client_hello_extension, parse_tls_handshake_client_hello};
+use tls_parser::parse_tls_handshake_client_hello;
 
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
@@ -182,33 +184,33 @@ fn server_name(message: &[u8]) -> Result<Requested, HelloError> {
     if !rest.is_empty() {
         return Err(HelloError::Malformed("bytes after the extensions"));
     }
-    let Some(extensions) = hello.ext else {
+    let Some(block) = hello.ext else {
         return Ok(Requested::NoName);
     };
-    // Every extension must parse (tls-parser's checks of each one's content),
-    // one by one rather than into a list that is not kept. As with
-    // tls-parser's list parser, a failure inside an extension is "extensions"
-    // and one that stops the walk is "extension block".
-    let mut rest = extensions;
-    while !rest.is_empty() {
-        rest = match parse_tls_client_hello_extension(rest) {
-            Ok((rest, _)) => rest,
-            Err(tls_parser::Err::Failure(_)) => return Err(HelloError::Malformed("extensions")),
-            Err(_) => return Err(HelloError::Malformed("extension block")),
-        };
-    }
+    // Only the framing of the extensions is checked, not what each one
+    // holds: the name is all that is read here, and the server checks the
+    // rest (as HAProxy's and nginx's SNI readers do). The framing is what
+    // decides which bytes are the server_name extension, so it must be exact.
     let mut found = None;
-    // Room for a browser's extensions without growing.
-    let mut seen = Vec::with_capacity(32);
-    for (kind, data) in raw_extensions(extensions) {
-        // RFC 8446 §4.2: no extension type may appear twice.
-        if seen.contains(&kind) {
-            return Err(HelloError::Malformed("duplicate extension"));
+    // The first types seen, for the duplicate check of the common case.
+    let mut seen = [0u16; 32];
+    let mut count = 0;
+    for extension in extensions(block) {
+        let (kind, data) = extension?;
+        if count < seen.len() {
+            // RFC 8446 §4.2: no extension type may appear twice.
+            if seen[..count].contains(&kind) {
+                return Err(HelloError::Malformed("duplicate extension"));
+            }
+            seen[count] = kind;
         }
-        seen.push(kind);
+        count += 1;
         if kind == EXT_SERVER_NAME {
             found = Some(data);
         }
+    }
+    if count > seen.len() && has_duplicate_type(block) {
+        return Err(HelloError::Malformed("duplicate extension"));
     }
     match found {
         None => Ok(Requested::NoName),
@@ -216,15 +218,33 @@ fn server_name(message: &[u8]) -> Result<Requested, HelloError> {
     }
 }
 
-/// Walks an extension block that tls-parser has already accepted whole.
-fn raw_extensions(mut block: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// The (type, data) of each extension in a block. Each must fit in what is
+/// left of the block, so that the walk ends exactly at its end.
+fn extensions(mut block: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), HelloError>> {
     std::iter::from_fn(move || {
-        let [t0, t1, l0, l1, rest @ ..] = block else { return None };
-        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
-        let data = rest.get(..len)?;
+        if block.is_empty() {
+            return None;
+        }
+        let Some((&[t0, t1, l0, l1], rest)) = block.split_first_chunk() else {
+            block = &[];
+            return Some(Err(HelloError::Malformed("extension header")));
+        };
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        let Some(data) = rest.get(..len) else {
+            block = &[];
+            return Some(Err(HelloError::Malformed("extension length")));
+        };
         block = &rest[len..];
-        Some((u16::from_be_bytes([*t0, *t1]), data))
+        Some(Ok((u16::from_be_bytes([t0, t1]), data)))
     })
+}
+
+/// For a block of many extensions (already walked whole): sorted, so that a
+/// hello of thousands of empty extensions costs no quadratic search.
+fn has_duplicate_type(block: &[u8]) -> bool {
+    let mut types: Vec<u16> = extensions(block).filter_map(|e| e.ok().map(|(kind, _)| kind)).collect();
+    types.sort_unstable();
+    types.windows(2).any(|pair| pair[0] == pair[1])
 }
 
 /// RFC 6066 §3: a list of (type, name) whose length must fill the extension
@@ -398,6 +418,40 @@ mod tests {
         // A message longer than TLS allows.
         let huge = [22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff];
         assert!(matches!(parse(&huge), Err(HelloError::TooLarge(_))));
+    }
+
+    #[test]
+    fn refuses_extensions_that_overrun_their_block() {
+        let good = sni_extension(&[(0, b"app.example.test")]);
+        // An extension header cut short at the end of the block.
+        let cut = [good.clone(), vec![0, 16, 0]].concat();
+        assert_eq!(parse(&hello_with_extensions(&cut)), Err(HelloError::Malformed("extension header")));
+        // An extension whose length runs past the block.
+        let long = [good.clone(), vec![0, 16, 0, 9, 1, 2]].concat();
+        assert_eq!(parse(&hello_with_extensions(&long)), Err(HelloError::Malformed("extension length")));
+        // The same, with the overrun hiding a second server_name.
+        let hiding = [vec![0, 21, 0, 200], good].concat();
+        assert_eq!(parse(&hello_with_extensions(&hiding)), Err(HelloError::Malformed("extension length")));
+    }
+
+    #[test]
+    fn leaves_other_extensions_contents_to_the_server() {
+        // A supported_groups extension whose list length is wrong: the
+        // server refuses it, the name is still read.
+        let odd = [sni_extension(&[(0, b"app.example.test")]), vec![0, 10, 0, 3, 0, 9, 1]].concat();
+        assert_eq!(name_of(&hello_with_extensions(&odd)), Ok(Some(host("app.example.test"))));
+    }
+
+    #[test]
+    fn finds_duplicates_among_many_extensions() {
+        // Thousands of empty extensions of distinct types (reserved range),
+        // then one type again: past the first 32, duplicates are found by sorting.
+        let many: Vec<u8> = (0..4000u16).flat_map(|t| [(0x4000 + t).to_be_bytes(), [0, 0]].concat()).collect();
+        let sni = sni_extension(&[(0, b"app.example.test")]);
+        let distinct = [sni.clone(), many.clone()].concat();
+        assert_eq!(name_of(&hello_with_extensions(&distinct)), Ok(Some(host("app.example.test"))));
+        let again = [sni, many, vec![0x4f, 0x9f, 0, 0]].concat();
+        assert_eq!(parse(&hello_with_extensions(&again)), Err(HelloError::Malformed("duplicate extension")));
     }
 
     #[test]
