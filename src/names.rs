@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::Ipv4Addr;
 
 /// RFC 1035: 255 octets on the wire, which is 253 characters written out.
 const MAX_NAME_LEN: usize = 253;
@@ -58,8 +58,10 @@ impl HostName {
         // Only ASCII remains, so this cannot fail.
         let name = String::from_utf8_lossy(raw).to_ascii_lowercase();
         // RFC 6066 forbids IP literals in SNI; some clients send them anyway.
-        // They name no virtual host, so they get the no-SNI treatment.
-        if name.parse::<IpAddr>().is_ok() {
+        // They name no virtual host, so they get the no-SNI treatment. Only
+        // IPv4 can get here (an IPv6 literal's ':' was refused above), and
+        // only a name of digits and dots can be one: others skip the parse.
+        if raw.iter().all(|b| b.is_ascii_digit() || *b == b'.') && name.parse::<Ipv4Addr>().is_ok() {
             return Ok(Requested::NoName);
         }
         for label in name.split('.') {
