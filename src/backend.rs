@@ -2,9 +2,10 @@
 //! it with a timeout and a retry on the next server.
 
 use crate::health::HealthCheck;
-use crate::metrics::{Metrics, ServerLabels};
+use crate::metrics::{Kept, Metrics, ServerLabels};
 use crate::names::{HostName, Requested};
 use crate::proxy_header;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Deserialize;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -97,12 +98,20 @@ pub struct Server {
     pub up: AtomicBool,
     /// Its metric labels, made once rather than at every connect.
     pub labels: ServerLabels,
+    connect_seconds: Kept<Histogram>,
 }
 
 impl Server {
     pub fn new(backend: &str, address: ServerAddress, max_connections: Option<u32>) -> Server {
         let labels = ServerLabels { backend: backend.to_owned(), server: address.to_string() };
-        Server { address, max_connections, active: Arc::default(), up: AtomicBool::new(true), labels }
+        Server {
+            address,
+            max_connections,
+            active: Arc::default(),
+            up: AtomicBool::new(true),
+            labels,
+            connect_seconds: Kept::default(),
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -218,7 +227,9 @@ impl Backend {
             let started = std::time::Instant::now();
             match server.address.connect(self.connect_timeout).await {
                 Ok((stream, address)) => {
-                    metrics.connect_seconds.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+                    let seconds = started.elapsed().as_secs_f64();
+                    let lookup = |m: &Metrics| m.connect_seconds.get_or_create(labels).clone();
+                    server.connect_seconds.with(metrics, lookup, |h| h.observe(seconds));
                     tracing::Span::current().record("server", tracing::field::display(address));
                     return Ok(Upstream { stream, _slot: slot });
                 }

@@ -343,6 +343,8 @@ pub struct Route {
     pub name: String,
     pub backend: Arc<Backend>,
     pub acme_backend: Option<Arc<Backend>>,
+    /// What its connections count in, looked up once.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// A config error; its message always says where.
@@ -533,13 +535,14 @@ impl RawConfig {
                 places.insert(pattern, place);
             }
             let name = raw.name.clone().unwrap_or_else(|| raw.backend.clone());
-            routes.push(Arc::new(Route { name, backend, acme_backend }));
+            routes.push(Arc::new(Route { name, backend, acme_backend, metrics: Default::default() }));
         }
         let default_route = match &self.default_backend {
             Some(name) => Some(Arc::new(Route {
                 name: "default".to_owned(),
                 backend: find("default_backend".to_owned(), name)?,
                 acme_backend: None,
+                metrics: Default::default(),
             })),
             None => None,
         };

@@ -4,7 +4,7 @@
 //! server, outside these futures, so that their state is gone by then.
 
 use crate::backend::Backend;
-use crate::config::{Config, Listener};
+use crate::config::{Config, Listener, Route};
 use crate::metrics::Metrics;
 use crate::outcome::{Refusal, Served, To};
 use crate::proxy_header;
@@ -25,13 +25,13 @@ pub struct Connection<'a> {
     pub metrics: &'a Arc<Metrics>,
     /// Where agents are, for backends reached through the tunnel.
     pub tunnel: &'a Hub,
-    /// The route's name once one is chosen, for the log line and metrics.
-    pub route: OnceLock<&'a str>,
+    /// The route once one is chosen, for the log line and metrics.
+    pub route: OnceLock<&'a Route>,
 }
 
 impl<'a> Connection<'a> {
-    pub fn routed(&self, route: &'a str) {
-        tracing::Span::current().record("route", route);
+    pub fn routed(&self, route: &'a Route) {
+        tracing::Span::current().record("route", route.name.as_str());
         let _ = self.route.set(route);
     }
 }

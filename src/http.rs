@@ -207,7 +207,7 @@ pub async fn serve(
     let Some(route) = config.route_for(&name) else {
         return answer(stream, 421, Refusal::UnknownName(name.to_string())).await;
     };
-    cx.routed(&route.name);
+    cx.routed(route);
     if !request.path.starts_with('/') {
         return answer(stream, 400, Refusal::BadRequest("request target is not a path")).await;
     }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,6 +96,79 @@ pub struct Metrics {
     pub tunnel_auth_failures: Family<ReasonLabels, Counter>,
     pub tunnel_reconnects: Family<GatewayLabels, Counter>,
     pub tunnel_sessions: Family<GatewayLabels, Gauge>,
+    /// The per-connection members of connections refused before a route.
+    pub unrouted: RouteMetrics,
+    /// Which `Metrics` this is, for what [`Kept`] keeps.
+    id: u64,
+}
+
+/// A family's member for labels that the config fixes (a route's, a
+/// server's), looked up once and kept: a connection then costs no hashing
+/// of labels and no lock. A family never drops a member, so the kept handle
+/// is the one the endpoint encodes. It is kept for the first `Metrics` it
+/// is used with; any other (two servers on one config, in tests) looks its
+/// own up each time.
+pub struct Kept<M>(OnceLock<(u64, M)>);
+
+impl<M> Default for Kept<M> {
+    fn default() -> Self {
+        Kept(OnceLock::new())
+    }
+}
+
+impl<M> std::fmt::Debug for Kept<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Kept(looked up)" } else { "Kept(not yet)" })
+    }
+}
+
+impl<M> Kept<M> {
+    pub fn with<R>(&self, metrics: &Metrics, lookup: impl Fn(&Metrics) -> M, use_it: impl FnOnce(&M) -> R) -> R {
+        match self.0.get_or_init(|| (metrics.id, lookup(metrics))) {
+            (owner, kept) if *owner == metrics.id => use_it(kept),
+            _ => use_it(&lookup(metrics)),
+        }
+    }
+}
+
+/// The members of `connections` and `bytes` that one route's connections
+/// count in, each looked up at its first use (so that a route shows no
+/// series for what never happened to it).
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    bytes: [Kept<Counter>; 2],
+    /// By protocol and outcome, in the order of the two lists below.
+    connections: [Kept<Counter>; 9],
+}
+
+const PROTOCOLS: [&str; 3] = ["tls", "http", "tunnel"];
+const OUTCOMES: [&str; 3] = ["relayed", "answered", "refused"];
+
+impl RouteMetrics {
+    /// Counts one ended connection of `route` ("" before a route was found)
+    /// and the bytes it moved each way.
+    pub fn count(
+        &self,
+        metrics: &Metrics,
+        route: &str,
+        protocol: &'static str,
+        outcome: &'static str,
+        moved: [u64; 2],
+    ) {
+        if moved.iter().any(|&n| n > 0) {
+            for ((kept, direction), n) in self.bytes.iter().zip(["up", "down"]).zip(moved) {
+                let labels = || BytesLabels { route: route.to_owned(), direction };
+                kept.with(metrics, |m| m.bytes.get_or_create(&labels()).clone(), |c| c.inc_by(n));
+            }
+        }
+        let labels = || ConnectionLabels { protocol, route: route.to_owned(), outcome };
+        let lookup = |m: &Metrics| m.connections.get_or_create(&labels()).clone();
+        let p = PROTOCOLS.iter().position(|&known| known == protocol);
+        match (p, OUTCOMES.iter().position(|&known| known == outcome)) {
+            (Some(p), Some(o)) => self.connections[p * OUTCOMES.len() + o].with(metrics, lookup, |c| c.inc()),
+            _ => lookup(metrics).inc(),
+        };
+    }
 }
 
 impl Default for Metrics {
@@ -174,6 +247,11 @@ impl Default for Metrics {
             reloads,
             last_reload_success,
             last_reload_failure,
+            unrouted: RouteMetrics::default(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{Config, Listener, Protocol};
 use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
 use crate::limits::{ClientKey, PendingPool};
-use crate::metrics::{self, BytesLabels, ConnectionLabels, Metrics, ReasonLabels};
+use crate::metrics::{self, Metrics, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served, To};
 use crate::relay::{relay, relay_answer, Counters, RelayEnd};
 use crate::tunnel::gateway::Hub;
@@ -437,8 +437,6 @@ fn connection(
         let up = counters.up.load(Ordering::Relaxed);
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
-        // One owned copy of the route's name serves every label set below.
-        let mut bytes = BytesLabels { route: cx.route.get().copied().unwrap_or_default().to_owned(), direction: "up" };
         let outcome = match &result {
             Ok(Ended::Relayed(_)) => "relayed",
             Ok(Ended::Answered(_)) => "answered",
@@ -449,12 +447,11 @@ fn connection(
             Protocol::Http => "http",
             Protocol::Tunnel => "tunnel",
         };
-        if up + down > 0 {
-            metrics.bytes.get_or_create(&bytes).inc_by(up);
-            bytes.direction = "down";
-            metrics.bytes.get_or_create(&bytes).inc_by(down);
-        }
-        metrics.connections.get_or_create(&ConnectionLabels { protocol, route: bytes.route, outcome }).inc();
+        let (route, counted) = match cx.route.get() {
+            Some(route) => (route.name.as_str(), &route.metrics),
+            None => ("", &metrics.unrouted),
+        };
+        counted.count(metrics, route, protocol, outcome, [up, down]);
         match result {
             Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
             Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),

@@ -39,7 +39,7 @@ pub async fn serve(
     let Some(route) = config.route_for(&name) else {
         return Err(Box::pin(refuse(stream, Refusal::UnknownName(name.to_string()))).await);
     };
-    cx.routed(&route.name);
+    cx.routed(route);
     forward(cx, addresses, &route.backend, std::mem::take(&mut buf.bytes), false).await
 }
 
