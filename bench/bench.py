@@ -275,23 +275,23 @@ LIMITS = {"max_connections": max(1000, min(40_000, (FD_MAX - 192) // 2)),
 NEW_LIMITS = {"max_pending_per_client": 4000}
 
 
-def sni_edge_conf(new_limits=True, **parts):
+def sni_edge_conf(new_limits=True, limits=None, **parts):
     """A gateway config: one route for SNI to the backend `bench`; log, timeouts and limits as
-    every measured sni-edge has them."""
+    every measured sni-edge has them (`limits`: keys to change)."""
     return json.dumps({
         "log": {"level": "warn", "format": "text"},
         "routes": [{"names": [SNI], "backend": "bench"}],
         "timeouts": {"client_hello": "5s", "idle": "10m"},
-        "limits": {**LIMITS, **(NEW_LIMITS if new_limits else {})},
+        "limits": {**LIMITS, **(NEW_LIMITS if new_limits else {}), **(limits or {})},
         **parts,
     }, indent=2)
 
 
-def sni_edge_direct_conf(path, port, binary):
+def sni_edge_direct_conf(path, port, binary, limits=None):
     """sni-edge in direct mode on GW:port: the gateway connects to the backend, PROXY v2. A build
     that refuses the newer limit keys (unknown keys are errors) gets the config without them."""
     for new_limits in (True, False):
-        write(path, sni_edge_conf(new_limits, listeners=[{"address": f"{GW}:{port}", "protocol": "tls"}],
+        write(path, sni_edge_conf(new_limits, limits, listeners=[{"address": f"{GW}:{port}", "protocol": "tls"}],
                                   backends={"bench": {"servers": [f"{BE}:443"], "proxy_protocol": "v2"}}))
         if subprocess.run([binary, "check", "--config", path], capture_output=True).returncode == 0:
             return
@@ -835,7 +835,9 @@ def callgrind_instructions(name):
     """User-space instructions per connection of one sni-edge binary under callgrind: a copy on
     its own port, warmed up, counters zeroed, COUNT_CONNS connections, counters dumped."""
     port = 448 + [n for n, _, _ in SNI_EDGES].index(name)
-    sni_edge_direct_conf(f"{WORK}/{name}-callgrind.json", port, BINARY[name])
+    # Fewer connections allowed than the measured copy: valgrind keeps some descriptors for
+    # itself, and sni-edge refuses a max_connections that the open files limit cannot carry.
+    sni_edge_direct_conf(f"{WORK}/{name}-callgrind.json", port, BINARY[name], {"max_connections": 1000})
     out = f"{WORK}/callgrind-{name}.out"
     p = start(f"{name}-callgrind", NS_G, 1, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                              BINARY[name], "run", "--config", f"{WORK}/{name}-callgrind.json"])
