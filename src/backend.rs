@@ -2,7 +2,7 @@
 //! it with a timeout and a retry on the next server.
 
 use crate::health::HealthCheck;
-use crate::metrics::{Kept, Metrics, ServerLabels};
+use crate::metrics::{Metrics, ServerLabels};
 use crate::names::{HostName, Requested};
 use crate::proxy_header;
 use prometheus_client::metrics::histogram::Histogram;
@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -98,7 +98,9 @@ pub struct Server {
     pub up: AtomicBool,
     /// Its metric labels, made once rather than at every connect.
     pub labels: ServerLabels,
-    connect_seconds: Kept<Histogram>,
+    /// Its member of `connect_seconds`, looked up at the first connect and
+    /// kept (as `metrics::RouteMetrics` keeps a route's).
+    connect_seconds: OnceLock<Histogram>,
 }
 
 impl Server {
@@ -110,7 +112,7 @@ impl Server {
             active: Arc::default(),
             up: AtomicBool::new(true),
             labels,
-            connect_seconds: Kept::default(),
+            connect_seconds: OnceLock::new(),
         }
     }
 
@@ -227,9 +229,8 @@ impl Backend {
             let started = std::time::Instant::now();
             match server.address.connect(self.connect_timeout).await {
                 Ok((stream, address)) => {
-                    let seconds = started.elapsed().as_secs_f64();
-                    let lookup = |m: &Metrics| m.connect_seconds.get_or_create(labels).clone();
-                    server.connect_seconds.with(metrics, lookup, |h| h.observe(seconds));
+                    let lookup = || metrics.connect_seconds.get_or_create(labels).clone();
+                    server.connect_seconds.get_or_init(lookup).observe(started.elapsed().as_secs_f64());
                     tracing::Span::current().record("server", tracing::field::display(address));
                     return Ok(Upstream { stream, _slot: slot });
                 }

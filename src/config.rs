@@ -125,6 +125,17 @@ pub enum Protocol {
     Tunnel,
 }
 
+impl Protocol {
+    /// As the config and the metrics' `protocol` label write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Tls => "tls",
+            Protocol::Http => "http",
+            Protocol::Tunnel => "tunnel",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {

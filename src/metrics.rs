@@ -5,6 +5,7 @@
 //! (`server.rs`), from the same [`Refusal`](crate::outcome::Refusal) and
 //! [`Served`](crate::outcome::Served) values, so logs and metrics agree.
 
+use crate::config::Protocol;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -98,76 +99,57 @@ pub struct Metrics {
     pub tunnel_sessions: Family<GatewayLabels, Gauge>,
     /// The per-connection members of connections refused before a route.
     pub unrouted: RouteMetrics,
-    /// Which `Metrics` this is, for what [`Kept`] keeps.
-    id: u64,
 }
 
-/// A family's member for labels that the config fixes (a route's, a
-/// server's), looked up once and kept: a connection then costs no hashing
-/// of labels and no lock. A family never drops a member, so the kept handle
-/// is the one the endpoint encodes. It is kept for the first `Metrics` it
-/// is used with; any other (two servers on one config, in tests) looks its
-/// own up each time.
-pub struct Kept<M>(OnceLock<(u64, M)>);
-
-impl<M> Default for Kept<M> {
-    fn default() -> Self {
-        Kept(OnceLock::new())
-    }
+/// How a connection ended: its `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Relayed,
+    Answered,
+    Refused,
 }
 
-impl<M> std::fmt::Debug for Kept<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "Kept(looked up)" } else { "Kept(not yet)" })
-    }
-}
-
-impl<M> Kept<M> {
-    pub fn with<R>(&self, metrics: &Metrics, lookup: impl Fn(&Metrics) -> M, use_it: impl FnOnce(&M) -> R) -> R {
-        match self.0.get_or_init(|| (metrics.id, lookup(metrics))) {
-            (owner, kept) if *owner == metrics.id => use_it(kept),
-            _ => use_it(&lookup(metrics)),
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Relayed => "relayed",
+            Outcome::Answered => "answered",
+            Outcome::Refused => "refused",
         }
     }
 }
 
 /// The members of `connections` and `bytes` that one route's connections
-/// count in, each looked up at its first use (so that a route shows no
-/// series for what never happened to it).
+/// count in, each looked up in its family at its first use (so that a route
+/// shows no series for what never happened to it) and kept: a connection
+/// then costs no hashing of labels and no lock. A family never drops a
+/// member, so a kept handle is the one the endpoint encodes. A config, and
+/// so its routes, is served by one server with one `Metrics`
+/// (`server::run` takes it by value).
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
-    bytes: [Kept<Counter>; 2],
-    /// By protocol and outcome, in the order of the two lists below.
-    connections: [Kept<Counter>; 9],
+    /// Up, down.
+    bytes: [OnceLock<Counter>; 2],
+    /// At `protocol * 3 + outcome`, in the order of their variants.
+    connections: [OnceLock<Counter>; 9],
 }
-
-const PROTOCOLS: [&str; 3] = ["tls", "http", "tunnel"];
-const OUTCOMES: [&str; 3] = ["relayed", "answered", "refused"];
 
 impl RouteMetrics {
     /// Counts one ended connection of `route` ("" before a route was found)
     /// and the bytes it moved each way.
-    pub fn count(
-        &self,
-        metrics: &Metrics,
-        route: &str,
-        protocol: &'static str,
-        outcome: &'static str,
-        moved: [u64; 2],
-    ) {
+    pub fn count(&self, metrics: &Metrics, route: &str, protocol: Protocol, outcome: Outcome, moved: [u64; 2]) {
         if moved.iter().any(|&n| n > 0) {
             for ((kept, direction), n) in self.bytes.iter().zip(["up", "down"]).zip(moved) {
-                let labels = || BytesLabels { route: route.to_owned(), direction };
-                kept.with(metrics, |m| m.bytes.get_or_create(&labels()).clone(), |c| c.inc_by(n));
+                let lookup =
+                    || metrics.bytes.get_or_create(&BytesLabels { route: route.to_owned(), direction }).clone();
+                kept.get_or_init(lookup).inc_by(n);
             }
         }
-        let labels = || ConnectionLabels { protocol, route: route.to_owned(), outcome };
-        let lookup = |m: &Metrics| m.connections.get_or_create(&labels()).clone();
-        let p = PROTOCOLS.iter().position(|&known| known == protocol);
-        match (p, OUTCOMES.iter().position(|&known| known == outcome)) {
-            (Some(p), Some(o)) => self.connections[p * OUTCOMES.len() + o].with(metrics, lookup, |c| c.inc()),
-            _ => lookup(metrics).inc(),
-        };
+        let labels =
+            || ConnectionLabels { protocol: protocol.label(), route: route.to_owned(), outcome: outcome.label() };
+        self.connections[protocol as usize * 3 + outcome as usize]
+            .get_or_init(|| metrics.connections.get_or_create(&labels()).clone())
+            .inc();
     }
 }
 
@@ -248,10 +230,6 @@ impl Default for Metrics {
             last_reload_success,
             last_reload_failure,
             unrouted: RouteMetrics::default(),
-            id: {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            },
         }
     }
 }

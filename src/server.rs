@@ -9,7 +9,7 @@ use crate::config::{Config, Listener, Protocol};
 use crate::forward::Connection;
 use crate::inbound::is_trusted_proxy;
 use crate::limits::{ClientKey, PendingPool};
-use crate::metrics::{self, Metrics, ReasonLabels};
+use crate::metrics::{self, Metrics, Outcome, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served, To};
 use crate::relay::{relay, relay_answer, Counters, RelayEnd};
 use crate::tunnel::gateway::Hub;
@@ -438,20 +438,16 @@ fn connection(
         let down = counters.down.load(Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
         let outcome = match &result {
-            Ok(Ended::Relayed(_)) => "relayed",
-            Ok(Ended::Answered(_)) => "answered",
-            Err(_) => "refused",
-        };
-        let protocol = match listener.protocol {
-            Protocol::Tls => "tls",
-            Protocol::Http => "http",
-            Protocol::Tunnel => "tunnel",
+            Ok(Ended::Relayed(_)) => Outcome::Relayed,
+            Ok(Ended::Answered(_)) => Outcome::Answered,
+            Err(_) => Outcome::Refused,
         };
         let (route, counted) = match cx.route.get() {
             Some(route) => (route.name.as_str(), &route.metrics),
             None => ("", &metrics.unrouted),
         };
-        counted.count(metrics, route, protocol, outcome, [up, down]);
+        counted.count(metrics, route, listener.protocol, outcome, [up, down]);
+        let outcome = outcome.label();
         match result {
             Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
             Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
