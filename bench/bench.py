@@ -103,8 +103,26 @@ def write(path, text):
         f.write(text)
 
 
+# Run with start_new_session=True (`ns_run`, `ns_popen`, `start`): each measured process is then a
+# session of its own, and with the kernel's autogroup scheduling (sched_autogroup_enabled, on in
+# Debian's kernels) a session is scheduled as one group whose weight only the autogroup's own nice
+# value sets, not the tasks' nice. So the shim gives the new session's autogroup NICE first; without
+# it, `nice -n NICE` would not rank a measured process above another session's build at all.
+AUTOGROUP_SHIM = ["sh", "-c", '{ echo "$0" > /proc/self/autogroup; } 2>/dev/null; exec "$@"', NICE]
+
+
 def in_ns(ns, cpu, argv):
-    return ["nice", "-n", NICE, "ip", "netns", "exec", ns, "taskset", "-c", str(cpu)] + argv
+    return AUTOGROUP_SHIM + ["nice", "-n", NICE, "ip", "netns", "exec", ns, "taskset", "-c", str(cpu)] + argv
+
+
+def ns_run(argv, **kw):
+    """subprocess.run of an `in_ns` command, in a session of its own (see AUTOGROUP_SHIM)."""
+    return subprocess.run(argv, start_new_session=True, **kw)
+
+
+def ns_popen(argv, **kw):
+    """subprocess.Popen of an `in_ns` command, in a session of its own (see AUTOGROUP_SHIM)."""
+    return subprocess.Popen(argv, start_new_session=True, **kw)
 
 
 def start(name, ns, cpu, argv):
@@ -115,6 +133,24 @@ def start(name, ns, cpu, argv):
     with open(f"{WORK}/pids", "a") as f:
         f.write(f"{p.pid} {name}\n")
     return p
+
+
+def check_priority():
+    """Every process `start` started runs at NICE, and so does its session's autogroup (see
+    AUTOGROUP_SHIM) where the kernel schedules by autogroup; exits if not."""
+    autogroups = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1" \
+        if os.path.exists("/proc/sys/kernel/sched_autogroup_enabled") else False
+    for line in open(f"{WORK}/pids"):
+        pid, name = line.split()
+        try:
+            nice = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16]
+            group = open(f"/proc/{pid}/autogroup").read() if autogroups else ""
+        except OSError:
+            continue  # ended already (a step's helper)
+        if int(nice) != int(NICE) or (autogroups and int(group.split()[-1]) != int(NICE)):
+            sys.exit(f"bench: {name} (PID {pid}) runs at nice {nice}, autogroup {group.strip() or '-'}: "
+                     f"expected {NICE} for both")
+    log(f"every measured process runs at nice {NICE}" + (", and so does its autogroup" if autogroups else ""))
 
 
 def listening(ns, ip, port):
@@ -497,8 +533,8 @@ def tunnel_checks():
         sys.exit(f"bench: home firewall: the gateway must not reach {HOME}:443 and home must")
     log(f"home firewall: the gateway cannot connect to {HOME}:443, home itself can")
     for name, ip, port in GATEWAYS:
-        seen = subprocess.run(in_ns(NS_C, 0, ["curl", "-sk", "--max-time", "10", "--resolve", f"{SNI}:{port}:{ip}",
-                                              f"https://{SNI}:{port}/ip"]), capture_output=True, text=True).stdout.strip()
+        seen = ns_run(in_ns(NS_C, 0, ["curl", "-sk", "--max-time", "10", "--resolve", f"{SNI}:{port}:{ip}",
+                                      f"https://{SNI}:{port}/ip"]), capture_output=True, text=True).stdout.strip()
         if seen != CLIENT:
             sys.exit(f"bench: {name}: the ingress saw client address {seen!r}, not {CLIENT}")
     log(f"every target passes the client's address ({CLIENT}) to the ingress")
@@ -543,7 +579,7 @@ def start_all():
 # --- loads ---------------------------------------------------------------------------------------
 def tlsload(*args, timeout=120):
     argv = in_ns(NS_C, 0, [f"{WORK}/tlsload"] + [str(a) for a in args])
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    r = ns_run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         sys.exit(f"bench: tlsload {args} failed: {r.stderr}")
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", r.stdout)}
@@ -558,7 +594,7 @@ def curl_argv(ip, port):
 def download(ip, port, n):
     """n parallel downloads of the large file: (bytes, seconds) with seconds = wall time."""
     t = time.monotonic()
-    ps = [subprocess.Popen(curl_argv(ip, port), stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    ps = [ns_popen(curl_argv(ip, port), stdout=subprocess.PIPE, text=True) for _ in range(n)]
     outs = [p.communicate(timeout=90)[0].split() for p in ps]
     wall = time.monotonic() - t
     total = 0
@@ -601,6 +637,7 @@ def main():
         tunnel_checks()
     else:
         procs, home = {name: [p] for name, p in start_all().items()}, {}
+    check_priority()
     if E.get("BENCH_HOLD"):   # everything up, nothing measured yet: for looking around by hand
         log(f"holding {E['BENCH_HOLD']} s: namespaces {' '.join(n for n in (NS_C, NS_G, NS_B, NS_H) if n)}")
         time.sleep(float(E["BENCH_HOLD"]))
@@ -637,9 +674,9 @@ def main():
     #    connection.
     for rep in range(REPS):
         for pad in PADS:
-            out = subprocess.run(in_ns(NS_C, 0, [f"{WORK}/tlsload", "ttfb", SNI, str(TTFB_ROUNDS), str(pad)]
-                                       + [f"{ip}:{port}" for _, ip, port in TARGETS]),
-                                 capture_output=True, text=True, timeout=180).stdout
+            out = ns_run(in_ns(NS_C, 0, [f"{WORK}/tlsload", "ttfb", SNI, str(TTFB_ROUNDS), str(pad)]
+                               + [f"{ip}:{port}" for _, ip, port in TARGETS]),
+                         capture_output=True, text=True, timeout=180).stdout
             for line in out.splitlines():
                 r = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
                 name = TARGETS[int(r["target"])][0]
@@ -696,7 +733,7 @@ def main():
         m0 = memory(both())
         h0 = memory(home_pids[name]()) if name in home_pids else None
         argv = in_ns(NS_C, 0, [f"{WORK}/tlsload", "hold", ip, str(port), SNI, str(HOLD), "256", "90"])
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        p = ns_popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = p.stdout.readline()
         held = int(re.search(r"held (\d+)", line).group(1)) if "held" in line else 0
         time.sleep(1.0)
