@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Gateway CPU per new connection of the two floor experiments beside the bench's own gateways.
+
+Run on a topology the bench holds (bench/runtime-floor/README.md):
+
+    sudo BENCH_HOLD=1800 BENCH_KEEP=1 BENCH_ONLY=conn bench/run.sh &      # prints its work directory
+    sudo bench/runtime-floor/compare.py /tmp/sni-edge-bench.XXXXXX [ROUNDS]
+
+It starts bare-mio and tokio-minimal in the gateway's namespace the way the bench starts a gateway
+(a session of its own whose autogroup gets the bench's niceness, CPU 1), then measures every gateway in turn, 64 clients making
+new TLS connections for 3 s each, in rounds whose order alternates, and reads each gateway's CPU
+from its threads' schedstat (ns). It stops only the two processes it started, by PID.
+"""
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "target"))
+NICE = os.environ.get("BENCH_NICE", "-10")
+PORTS = {"bare-mio": 4641, "tokio-minimal": 4642}
+
+
+def with_children(pid):
+    """pid and its children (nginx: master and worker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [pid] + [int(c) for c in f.read().split()]
+
+
+def cpu_ns(pids):
+    total = 0
+    for p in pids:
+        for t in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    work, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    conf = json.load(open(f"{work}/sni-edge.json"))
+    gw, gw_port = conf["listeners"][0]["address"].rsplit(":", 1)
+    upstream = conf["backends"]["bench"]["servers"][0]
+    sni = conf["routes"][0]["names"][0]
+    bench = {}  # the bench's gateways, from the PIDs it recorded
+    for line in open(f"{work}/pids"):
+        pid, name = line.split()
+        if name in ("sni-edge", "haproxy", "nginx") and os.path.exists(f"/proc/{pid}"):
+            bench[name] = int(pid)
+    if "sni-edge" not in bench:
+        sys.exit(f"no running sni-edge of the bench in {work}: is the bench holding its topology?")
+    ns_g = subprocess.run(["ip", "netns", "identify", str(bench["sni-edge"])],
+                          capture_output=True, text=True).stdout.strip()
+    ns_c = ns_g[:-1] + "c"
+    ports = {"sni-edge": int(gw_port), "haproxy": 444, "nginx": 445}
+
+    started = []
+    try:
+        for name, binary in (("bare-mio", "bare_mio"), ("tokio-minimal", "tokio_minimal")):
+            # As bench.py's in_ns: the new session's autogroup gets NICE too (see AUTOGROUP_SHIM there).
+            argv = ["sh", "-c", '{ echo "$0" > /proc/self/autogroup; } 2>/dev/null; exec "$@"', NICE,
+                    "nice", "-n", NICE, "ip", "netns", "exec", ns_g, "taskset", "-c", "1",
+                    f"{TARGET}/release/{binary}", f"{gw}:{PORTS[name]}", upstream]
+            started.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True))
+            bench[name], ports[name] = started[-1].pid, PORTS[name]
+        time.sleep(1)
+        targets = [n for n in ("sni-edge", "tokio-minimal", "bare-mio", "nginx", "haproxy") if n in bench]
+        result = {n: [] for n in targets}
+        for r in range(rounds):
+            line = []
+            for name in (targets if r % 2 == 0 else targets[::-1]):
+                pids = with_children(bench[name])
+                before = cpu_ns(pids)
+                out = subprocess.run(["sh", "-c", '{ echo "$0" > /proc/self/autogroup; } 2>/dev/null; exec "$@"',
+                                      NICE, "nice", "-n", NICE, "ip", "netns", "exec", ns_c, "taskset", "-c", "0",
+                                      f"{work}/tlsload", "rate", gw, str(ports[name]), sni, "64", "3", "200000", "0"],
+                                     capture_output=True, text=True, timeout=60, start_new_session=True).stdout
+                got = dict(re.findall(r"(\w+)=([\d.]+)", out))
+                ok, err = float(got.get("ok", 0)), float(got.get("err", 0))
+                if ok == 0 or err > 0:
+                    sys.exit(f"{name}: {ok:.0f} connections, {err:.0f} failed: {out}")
+                result[name].append((cpu_ns(pids) - before) / 1000 / ok)
+                line.append(f"{name} {result[name][-1]:.0f}")
+            print(f"round {r + 1}: " + ", ".join(line), flush=True)
+        print("\n| Gateway CPU per new connection, µs (64 clients) | median | mean | rounds |\n|---|---:|---:|---|")
+        for name in targets:
+            v = result[name]
+            print(f"| {name} | {statistics.median(v):.0f} | {statistics.mean(v):.0f} | "
+                  f"{', '.join(f'{x:.0f}' for x in v)} |")
+    finally:
+        for p in started:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
