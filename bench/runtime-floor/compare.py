@@ -3,14 +3,17 @@
 
 Run on a topology the bench holds (bench/runtime-floor/README.md):
 
-    sudo BENCH_HOLD=1800 BENCH_KEEP=1 BENCH_ONLY=conn bench/run.sh &      # prints its work directory
-    sudo bench/runtime-floor/compare.py /tmp/sni-edge-bench.XXXXXX [ROUNDS]
+    sudo BENCH_HOLD=1200 BENCH_ONLY=conn bench/run.sh &
+    sudo bench/runtime-floor/compare.py [WORK [ROUNDS]]   # WORK: the bench's /tmp/sni-edge-bench.*;
+                                                          # "" or none: the only one there is
 
 It starts bare-mio and tokio-minimal in the gateway's namespace the way the bench starts a gateway
-(a session of its own whose autogroup gets the bench's niceness, CPU 1), then measures every gateway in turn, 64 clients making
-new TLS connections for 3 s each, in rounds whose order alternates, and reads each gateway's CPU
-from its threads' schedstat (ns). It stops only the two processes it started, by PID.
+(a session of its own whose autogroup gets the bench's niceness, CPU 1), then measures every
+gateway in turn, 64 clients making new TLS connections for 3 s each, in rounds whose order
+alternates, and reads each gateway's CPU from its threads' schedstat (ns). It stops only the two
+processes it started, by PID.
 """
+import glob
 import json
 import os
 import re
@@ -42,9 +45,14 @@ def cpu_ns(pids):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    work, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    if len(sys.argv) > 1 and sys.argv[1]:
+        work = sys.argv[1]
+    else:  # the one topology the bench holds
+        held = glob.glob("/tmp/sni-edge-bench.*")
+        if len(held) != 1:
+            sys.exit(f"{len(held)} bench work directories in /tmp: name one\n{__doc__}")
+        work = held[0]
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     conf = json.load(open(f"{work}/sni-edge.json"))
     gw, gw_port = conf["listeners"][0]["address"].rsplit(":", 1)
     upstream = conf["backends"]["bench"]["servers"][0]
@@ -59,7 +67,10 @@ def main():
     ns_g = subprocess.run(["ip", "netns", "identify", str(bench["sni-edge"])],
                           capture_output=True, text=True).stdout.strip()
     ns_c = ns_g[:-1] + "c"
-    ports = {"sni-edge": int(gw_port), "haproxy": 444, "nginx": 445}
+    # The peers' ports, from the configs the bench wrote.
+    ports = {"sni-edge": int(gw_port),
+             "haproxy": int(re.search(r"bind \S+:(\d+)", open(f"{work}/haproxy.cfg").read()).group(1)),
+             "nginx": int(re.search(r"listen \S+:(\d+)", open(f"{work}/nginx-gw/nginx.conf").read()).group(1))}
 
     started = []
     try:
