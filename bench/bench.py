@@ -138,8 +138,10 @@ def start(name, ns, cpu, argv):
 def check_priority():
     """Every process `start` started runs at NICE, and so does its session's autogroup (see
     AUTOGROUP_SHIM) where the kernel schedules by autogroup; exits if not."""
-    autogroups = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1" \
-        if os.path.exists("/proc/sys/kernel/sched_autogroup_enabled") else False
+    try:
+        autogroups = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
+    except OSError:  # a kernel without autogroup scheduling
+        autogroups = False
     for line in open(f"{WORK}/pids"):
         pid, name = line.split()
         try:

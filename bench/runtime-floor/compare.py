@@ -26,6 +26,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "target"))
 NICE = os.environ.get("BENCH_NICE", "-10")
+
+
+def in_ns(ns, cpu, argv):
+    """As bench.py's in_ns, to be run in a session of its own: the session's autogroup gets NICE
+    too (see AUTOGROUP_SHIM there), then nice, the namespace and the CPU."""
+    return (["sh", "-c", '{ echo "$0" > /proc/self/autogroup; } 2>/dev/null; exec "$@"', NICE,
+             "nice", "-n", NICE, "ip", "netns", "exec", ns, "taskset", "-c", str(cpu)] + argv)
 PORTS = {"bare-mio": 4641, "tokio-minimal": 4642}
 
 
@@ -75,10 +82,7 @@ def main():
     started = []
     try:
         for name, binary in (("bare-mio", "bare_mio"), ("tokio-minimal", "tokio_minimal")):
-            # As bench.py's in_ns: the new session's autogroup gets NICE too (see AUTOGROUP_SHIM there).
-            argv = ["sh", "-c", '{ echo "$0" > /proc/self/autogroup; } 2>/dev/null; exec "$@"', NICE,
-                    "nice", "-n", NICE, "ip", "netns", "exec", ns_g, "taskset", "-c", "1",
-                    f"{TARGET}/release/{binary}", f"{gw}:{PORTS[name]}", upstream]
+            argv = in_ns(ns_g, 1, [f"{TARGET}/release/{binary}", f"{gw}:{PORTS[name]}", upstream])
             started.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, start_new_session=True))
             bench[name], ports[name] = started[-1].pid, PORTS[name]
@@ -90,10 +94,9 @@ def main():
             for name in (targets if r % 2 == 0 else targets[::-1]):
                 pids = with_children(bench[name])
                 before = cpu_ns(pids)
-                out = subprocess.run(["sh", "-c", '{ echo "$0" > /proc/self/autogroup; } 2>/dev/null; exec "$@"',
-                                      NICE, "nice", "-n", NICE, "ip", "netns", "exec", ns_c, "taskset", "-c", "0",
-                                      f"{work}/tlsload", "rate", gw, str(ports[name]), sni, "64", "3", "200000", "0"],
-                                     capture_output=True, text=True, timeout=60, start_new_session=True).stdout
+                load = [f"{work}/tlsload", "rate", gw, str(ports[name]), sni, "64", "3", "200000", "0"]
+                out = subprocess.run(in_ns(ns_c, 0, load), capture_output=True, text=True, timeout=60,
+                                     start_new_session=True).stdout
                 got = dict(re.findall(r"(\w+)=([\d.]+)", out))
                 ok, err = float(got.get("ok", 0)), float(got.get("err", 0))
                 if ok == 0 or err > 0:
