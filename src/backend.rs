@@ -121,11 +121,17 @@ impl Server {
     }
 
     /// Takes a connection slot, or `None` when the server is at its maximum.
-    fn take_slot(&self) -> Option<ServerSlot> {
+    pub(crate) fn take_slot(&self) -> Option<ServerSlot> {
         let max = self.max_connections.map_or(usize::MAX, |m| m as usize);
         let previous = self.active.fetch_add(1, Ordering::AcqRel);
         let slot = ServerSlot(self.active.clone());
         (previous < max).then_some(slot)
+    }
+
+    /// Counts a connect that succeeded after `elapsed`.
+    pub(crate) fn connected(&self, metrics: &Metrics, elapsed: Duration) {
+        let lookup = || metrics.connect_seconds.get_or_create(&self.labels).clone();
+        self.connect_seconds.get_or_init(lookup).observe(elapsed.as_secs_f64());
     }
 }
 
@@ -206,22 +212,28 @@ impl Backend {
         }
     }
 
-    /// Connects to a server: starting where the balance policy says, then
-    /// each following one in turn, so one dead server costs a client at most
-    /// one connect timeout.
-    pub async fn connect(&self, client: IpAddr, metrics: &Metrics) -> Result<Upstream, ConnectError> {
+    /// Where a new connection of `client` starts in `servers`, as the
+    /// balance policy says; it then tries each following one that is up.
+    pub(crate) fn first_server(&self, client: IpAddr) -> Result<usize, ConnectError> {
         if !self.servers.iter().any(Server::is_up) {
             return Err(ConnectError::AllDown { backend: self.name.clone() });
         }
-        let n = self.servers.len();
-        let start = match self.balance {
+        Ok(match self.balance {
             Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
             Balance::SourceHash => {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
                 client.hash(&mut hasher);
                 hasher.finish() as usize
             }
-        };
+        })
+    }
+
+    /// Connects to a server: starting where the balance policy says, then
+    /// each following one in turn, so one dead server costs a client at most
+    /// one connect timeout.
+    pub async fn connect(&self, client: IpAddr, metrics: &Metrics) -> Result<Upstream, ConnectError> {
+        let start = self.first_server(client)?;
+        let n = self.servers.len();
         let mut last = None;
         for server in (0..n).map(|i| &self.servers[(start + i) % n]).filter(|s| s.is_up()) {
             let Some(slot) = server.take_slot() else { continue };
@@ -229,8 +241,7 @@ impl Backend {
             let started = std::time::Instant::now();
             match server.address.connect(self.connect_timeout).await {
                 Ok((stream, address)) => {
-                    let lookup = || metrics.connect_seconds.get_or_create(labels).clone();
-                    server.connect_seconds.get_or_init(lookup).observe(started.elapsed().as_secs_f64());
+                    server.connected(metrics, started.elapsed());
                     tracing::Span::current().record("server", tracing::field::display(address));
                     return Ok(Upstream { stream, _slot: slot });
                 }

@@ -47,10 +47,25 @@ where
     Refusal: From<E>,
 {
     loop {
-        let buf = &mut received.bytes;
-        if let Some(found) = parse(buf)? {
+        if let Some(found) = parse(&received.bytes)? {
             return Ok(found);
         }
+        let step = received.make_room(max)?;
+        let buf = &mut received.bytes;
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf.limit(step))).await {
+            Err(_) => return Err(Refusal::Timeout(deadline - started)),
+            Ok(Err(e)) => return Err(Refusal::Io(e)),
+            Ok(Ok(0)) => return Err(Refusal::ClosedEarly),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+impl Received {
+    /// Makes room for the next read and says how many bytes it may take:
+    /// refused when `max` bytes are held already or the budget is spent.
+    pub fn make_room(&mut self, max: usize) -> Result<usize, Refusal> {
+        let buf = &mut self.bytes;
         let room = max.saturating_sub(buf.len());
         if room == 0 {
             return Err(Refusal::TooLarge(max));
@@ -62,15 +77,10 @@ where
             _ => room.min(READ_STEP),
         };
         if buf.capacity() - buf.len() < step {
-            received.charge.cover(buf.len() + step, received.budget).map_err(|_| Refusal::Limit(Limit::Buffered))?;
+            self.charge.cover(buf.len() + step, self.budget).map_err(|_| Refusal::Limit(Limit::Buffered))?;
             buf.reserve_exact(step);
         }
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf.limit(room))).await {
-            Err(_) => return Err(Refusal::Timeout(deadline - started)),
-            Ok(Err(e)) => return Err(Refusal::Io(e)),
-            Ok(Ok(0)) => return Err(Refusal::ClosedEarly),
-            Ok(Ok(_)) => {}
-        }
+        Ok(step)
     }
 }
 
@@ -102,10 +112,18 @@ pub async fn addresses(
 /// The address the client connected to. A listener on one address and port
 /// can only have been reached there, so only a wildcard listener (or port 0)
 /// needs to ask the socket: one system call less per connection.
-fn local_address(stream: &TcpStream, listener: &Listener) -> std::io::Result<SocketAddr> {
+pub fn local_address(stream: &TcpStream, listener: &Listener) -> std::io::Result<SocketAddr> {
+    asked_address(listener, || stream.local_addr())
+}
+
+/// The listener's own address when it is specific, else `ask`'s answer.
+pub fn asked_address(
+    listener: &Listener,
+    ask: impl FnOnce() -> std::io::Result<SocketAddr>,
+) -> std::io::Result<SocketAddr> {
     let configured = listener.address;
     if configured.ip().is_unspecified() || configured.port() == 0 {
-        stream.local_addr()
+        ask()
     } else {
         Ok(configured)
     }

@@ -27,6 +27,7 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
+mod engine;
 pub mod forward;
 pub mod health;
 pub mod hello;

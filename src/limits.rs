@@ -40,17 +40,33 @@ impl ClientKey {
     }
 }
 
-/// The pending connections of one listener. Each is registered with the
-/// token that closes it if it is evicted.
-#[derive(Default)]
-pub struct PendingPool {
-    state: Mutex<PoolState>,
+/// How a pending connection is closed when the pool evicts it: a task's
+/// token, or a message to the connection engine that holds it.
+pub trait Evict: Send {
+    fn evict(self);
 }
 
-#[derive(Default)]
-struct PoolState {
+impl Evict for CancellationToken {
+    fn evict(self) {
+        self.cancel();
+    }
+}
+
+/// The pending connections of one listener. Each is registered with the
+/// handle that closes it if it is evicted.
+pub struct PendingPool<E = CancellationToken> {
+    state: Mutex<PoolState<E>>,
+}
+
+impl<E> Default for PendingPool<E> {
+    fn default() -> Self {
+        PendingPool { state: Mutex::new(PoolState { clients: HashMap::new(), total: 0, next_id: 0 }) }
+    }
+}
+
+struct PoolState<E> {
     /// Per client, its pending connections, oldest first.
-    clients: HashMap<ClientKey, VecDeque<(u64, CancellationToken)>>,
+    clients: HashMap<ClientKey, VecDeque<(u64, E)>>,
     total: usize,
     next_id: u64,
 }
@@ -63,7 +79,7 @@ pub type PendingId = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientFull;
 
-impl PendingPool {
+impl<E: Evict> PendingPool<E> {
     /// Registers a pending connection of `client`; `evict` is cancelled if
     /// it is later closed to make room. Refused only when the client itself
     /// already holds `per_client` pending connections (`None`: no such
@@ -75,7 +91,7 @@ impl PendingPool {
         client: ClientKey,
         per_client: Option<usize>,
         capacity: usize,
-        evict: CancellationToken,
+        evict: E,
     ) -> Result<PendingId, ClientFull> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let held = state.clients.get(&client).map_or(0, VecDeque::len);
@@ -119,7 +135,7 @@ impl PendingPool {
     }
 }
 
-impl PoolState {
+impl<E: Evict> PoolState<E> {
     /// Closes the oldest pending connection of the client holding the most.
     /// A scan of the clients: it runs only when the pool is full, and the
     /// pool holds at most `capacity` clients.
@@ -134,8 +150,8 @@ impl PoolState {
             return;
         };
         let queue = self.clients.get_mut(&key).expect("the victim was just found");
-        if let Some((_, token)) = queue.pop_front() {
-            token.cancel();
+        if let Some((_, handle)) = queue.pop_front() {
+            handle.evict();
             self.total -= 1;
         }
         if queue.is_empty() {

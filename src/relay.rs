@@ -34,11 +34,11 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// The most one splice moves: the default pipe capacity.
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 /// The stack buffer a burst is first read into; a burst that fills it is bulk.
-const SMALL: usize = 16 * 1024;
+pub(crate) const SMALL: usize = 16 * 1024;
 /// Bursts one direction moves before letting other tasks run.
-const BURSTS_PER_POLL: usize = 16;
+pub(crate) const BURSTS_PER_POLL: usize = 16;
 
 /// Bytes moved each way, readable while the relay runs and after it stops.
 #[derive(Debug, Default)]
@@ -341,9 +341,9 @@ fn progress(moved: usize) -> Progress {
 }
 
 /// A non-blocking pipe: the kernel-side buffer of a burst.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
+pub(crate) struct Pipe {
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
 }
 
 /// Empty pipes ready for the next burst. Bounded, so a moment with many
@@ -352,12 +352,12 @@ static POOL: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
 const POOL_MAX: usize = 64;
 
 impl Pipe {
-    fn borrow() -> io::Result<Pipe> {
+    pub(crate) fn borrow() -> io::Result<Pipe> {
         let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
         pooled.map_or_else(Pipe::new, Ok)
     }
 
-    fn give_back(self) {
+    pub(crate) fn give_back(self) {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < POOL_MAX {
             pool.push(self);
@@ -375,7 +375,7 @@ impl Pipe {
     }
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: plain descriptors and null offsets (both ends are streams).
     let n = unsafe {
         libc::splice(

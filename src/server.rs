@@ -6,9 +6,10 @@
 //! are never closed by a reload.
 
 use crate::config::{Config, Listener, Protocol};
-use crate::forward::Connection;
+use crate::engine::Engines;
+use crate::forward::{forward, Connection};
 use crate::inbound::is_trusted_proxy;
-use crate::limits::{ClientKey, PendingPool};
+use crate::limits::{ClientKey, Evict, PendingPool};
 use crate::metrics::{self, Metrics, Outcome, ReasonLabels};
 use crate::outcome::{Limit, Refusal, Served, To};
 use crate::relay::{relay, relay_answer, Counters, RelayEnd};
@@ -87,14 +88,14 @@ pub fn bind_all(
 /// Open connections are counted once, by the `active_connections` gauge in
 /// `metrics`, which the connection limit reads too.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     per_client: Mutex<HashMap<ClientKey, usize>>,
-    connections: TaskTracker,
+    pub(crate) connections: TaskTracker,
     /// Cancelled when the drain deadline passes: every connection closes.
-    cut: CancellationToken,
-    metrics: Arc<Metrics>,
+    pub(crate) cut: CancellationToken,
+    pub(crate) metrics: Arc<Metrics>,
     /// Connected agents; kept across reloads.
-    tunnel: Arc<Hub>,
+    pub(crate) tunnel: Arc<Hub>,
 }
 
 struct AcceptLoop {
@@ -176,11 +177,14 @@ pub async fn run(
     let mut generation = Generation::start(&config, &shared, None, metrics_socket);
     shared.metrics.reload(true);
     shared.tunnel.configure(config.tunnel.as_ref());
-    let (current, _) = watch::channel(Arc::new(config));
+    let config = Arc::new(config);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut engines = Engines::start(cpus, &shared, &config)?;
+    let (current, _) = watch::channel(config);
     let mut loops: HashMap<SocketAddr, AcceptLoop> = HashMap::new();
     for (address, socket) in listeners {
         tracing::info!(%address, "listening");
-        loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
+        serve_listener(socket, address, &current, &mut loops, &mut engines, &shared)?;
     }
     systemd::ready("accepting connections");
     // Memory that large unfinished hellos took is given back to the system
@@ -199,7 +203,7 @@ pub async fn run(
             continue;
         };
         systemd::reloading();
-        match reload(path, &current, &mut loops, &shared, &generation) {
+        match reload(path, &current, &mut loops, &mut engines, &shared, &generation) {
             Ok(metrics_socket) => {
                 let config = current.borrow().clone();
                 shared.tunnel.configure(config.tunnel.as_ref());
@@ -222,14 +226,19 @@ pub async fn run(
         accept.stop.cancel();
         let _ = accept.task.await;
     }
+    for address in engines.addresses() {
+        engines.unlisten(address);
+    }
     generation.stop();
     trimmer.abort();
     shared.connections.close();
     if tokio::time::timeout(drain, shared.connections.wait()).await.is_err() {
         tracing::warn!(remaining = shared.metrics.active.get(), "drain deadline passed, closing the rest");
         shared.cut.cancel();
+        engines.cut();
         shared.connections.wait().await;
     }
+    engines.quit();
     // Agents last: the connections drained above may have used them.
     shared.tunnel.close();
     tracing::info!("stopped");
@@ -242,6 +251,7 @@ fn reload(
     path: &Path,
     current: &watch::Sender<Arc<Config>>,
     loops: &mut HashMap<SocketAddr, AcceptLoop>,
+    engines: &mut Engines,
     shared: &Arc<Shared>,
     generation: &Generation,
 ) -> anyhow::Result<Option<TcpListener>> {
@@ -254,7 +264,7 @@ fn reload(
     let metrics_socket = bind_metrics(&config, generation.metrics_address())?;
     let mut opened = HashMap::new();
     for listener in &config.listeners {
-        if !loops.contains_key(&listener.address) {
+        if !loops.contains_key(&listener.address) && !engines.listens(listener.address) {
             let socket =
                 bind(listener.address).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
             opened.insert(listener.address, socket);
@@ -270,7 +280,9 @@ fn reload(
         }
     }
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
-    current.send_replace(Arc::new(config));
+    let config = Arc::new(config);
+    engines.configure(&config);
+    current.send_replace(config.clone());
     loops.retain(|address, accept| {
         let keep = wanted.contains(address);
         if !keep {
@@ -279,11 +291,47 @@ fn reload(
         }
         keep
     });
+    for address in engines.addresses() {
+        let now = config.listeners.iter().find(|l| l.address == address).map(|l| l.protocol);
+        if now == Some(Protocol::Tls) {
+            continue;
+        }
+        let socket = engines.unlisten(address);
+        match (now, socket) {
+            // Same address, another protocol: its socket goes on serving, on tokio.
+            (Some(_), Some(socket)) => {
+                loops.insert(
+                    address,
+                    spawn_accept_loop(TcpListener::from_std(socket)?, address, current.subscribe(), shared.clone()),
+                );
+            }
+            _ => tracing::info!(%address, "listener closed"),
+        }
+    }
     for (address, socket) in opened {
         tracing::info!(%address, "listening");
-        loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
+        serve_listener(socket, address, current, loops, engines, shared)?;
     }
     Ok(metrics_socket)
+}
+
+/// Serves a listener: a TLS listener on the connection engines, the others
+/// on tokio, each with its accept loop.
+fn serve_listener(
+    socket: TcpListener,
+    address: SocketAddr,
+    current: &watch::Sender<Arc<Config>>,
+    loops: &mut HashMap<SocketAddr, AcceptLoop>,
+    engines: &mut Engines,
+    shared: &Arc<Shared>,
+) -> io::Result<()> {
+    let protocol = current.borrow().listeners.iter().find(|l| l.address == address).map(|l| l.protocol);
+    if protocol == Some(Protocol::Tls) {
+        engines.listen(address, socket.into_std()?);
+    } else {
+        loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
+    }
+    Ok(())
 }
 
 fn spawn_accept_loop(
@@ -344,10 +392,15 @@ async fn accept_loop(
 type BoxedServe<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Served, Refusal>> + Send + 'a>>;
 
 /// How a served connection ended.
-enum Ended {
+pub(crate) enum Ended {
     /// Relayed until both sides finished (`None`), or ended otherwise.
     Relayed(Option<RelayEnd>),
     Answered(u16),
+}
+
+/// A connection's span: every line logged for it carries these fields.
+pub(crate) fn span(peer: SocketAddr, listener: SocketAddr) -> tracing::Span {
+    tracing::info_span!("conn", client = %peer, listener = %listener, sni = Empty, route = Empty, server = Empty)
 }
 
 /// One connection: admission, the protocol's path up to the decision, the
@@ -363,9 +416,7 @@ fn connection(
     shared: Arc<Shared>,
     pool: Arc<PendingPool>,
 ) -> impl std::future::Future<Output = ()> {
-    let address = config.listeners[listener].address;
-    let span =
-        tracing::info_span!("conn", client = %peer, listener = %address, sni = Empty, route = Empty, server = Empty);
+    let span = span(peer, config.listeners[listener].address);
     async move {
         let listener = &config.listeners[listener];
         let started = Instant::now();
@@ -384,7 +435,7 @@ fn connection(
         // Cancelled by the drain deadline, or by the pool to make room
         // while the connection is pending.
         let cut = shared.cut.child_token();
-        let result = match Admission::new(&shared, &pool, &cut, &config, listener, peer) {
+        let result = match Admission::new(&shared, &pool, cut.clone(), &config, listener, peer) {
             Err(limit) => Err(Refusal::Limit(limit)),
             Ok(admission) => {
                 let handshake_done = || {
@@ -401,27 +452,7 @@ fn connection(
                         Protocol::Tunnel => unreachable!("agents are served by the tunnel hub"),
                     };
                     let decided = decide.await?;
-                    let idle = config.timeouts.idle;
-                    match decided {
-                        Served::Forwarded { to: To::Server(mut upstream), one_request: false } => {
-                            Ok(Ended::Relayed(relay(&mut stream, &mut upstream.stream, idle, &counters).await.err()))
-                        }
-                        Served::Forwarded { to: To::Server(mut upstream), one_request: true } => Ok(Ended::Relayed(
-                            relay_answer(&mut stream, &mut upstream.stream, idle, &counters).await.err(),
-                        )),
-                        Served::Forwarded { to: To::Agent(upstream), one_request } => {
-                            let relay = crate::tunnel::gateway::relay(
-                                &mut stream,
-                                upstream,
-                                idle,
-                                &counters,
-                                metrics,
-                                one_request,
-                            );
-                            Ok(Ended::Relayed(Box::pin(relay).await))
-                        }
-                        Served::Answered(status) => Ok(Ended::Answered(status)),
-                    }
+                    relay_decided(&mut stream, decided, &cx).await
                 };
                 tokio::select! {
                     result = served => result,
@@ -434,37 +465,115 @@ fn connection(
                 }
             }
         };
-        let up = counters.up.load(Ordering::Relaxed);
-        let down = counters.down.load(Ordering::Relaxed);
-        let ms = started.elapsed().as_millis() as u64;
-        let outcome = match &result {
-            Ok(Ended::Relayed(_)) => Outcome::Relayed,
-            Ok(Ended::Answered(_)) => Outcome::Answered,
-            Err(_) => Outcome::Refused,
-        };
-        let (route, counted) = match cx.route.get() {
-            Some(route) => (route.name.as_str(), &route.metrics),
-            None => ("", &metrics.unrouted),
-        };
-        counted.count(metrics, route, listener.protocol, outcome, [up, down]);
-        let outcome = outcome.label();
-        match result {
-            Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
-            Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
-            Ok(Ended::Answered(status)) => tracing::info!(outcome, status, ms, "answered"),
-            Err(refusal) => {
-                metrics.refusals.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
-                tracing::info!(outcome, reason = refusal.reason(), up, down, ms, "refused: {refusal}")
-            }
-        }
+        let moved = [counters.up.load(Ordering::Relaxed), counters.down.load(Ordering::Relaxed)];
+        finish(metrics, listener.protocol, cx.route.get().copied(), moved, started.elapsed(), result);
     }
     .instrument(span)
 }
 
-/// A connection's places in the limits, given back on drop.
-struct Admission<'a> {
-    shared: &'a Shared,
-    pool: &'a PendingPool,
+/// A TLS connection that the engine accepted, read and routed, to a backend
+/// it does not connect itself (agents through the tunnel, or servers named by
+/// DNS): the rest of its path, on tokio. `span` has its fields recorded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forwarded<E: Evict>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    admission: Admission<E>,
+    route: Arc<crate::config::Route>,
+    addresses: (SocketAddr, SocketAddr),
+    already_read: Vec<u8>,
+    started: std::time::Instant,
+    span: tracing::Span,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _admission = admission;
+        let listener = &config.listeners[listener];
+        let counters = Counters::default();
+        let metrics = &shared.metrics;
+        let cx = Connection {
+            peer,
+            listener,
+            config: &config,
+            counters: &counters,
+            metrics,
+            tunnel: &shared.tunnel,
+            route: Default::default(),
+        };
+        let _ = cx.route.set(&route);
+        let served = async {
+            let decided = Box::pin(forward(&cx, addresses, &route.backend, already_read, false)).await?;
+            relay_decided(&mut stream, decided, &cx).await
+        };
+        let result = tokio::select! {
+            result = served => result,
+            () = shared.cut.cancelled() => Err(Refusal::ShuttingDown),
+        };
+        let moved = [counters.up.load(Ordering::Relaxed), counters.down.load(Ordering::Relaxed)];
+        finish(metrics, listener.protocol, Some(&route), moved, started.elapsed(), result);
+    }
+    .instrument(span)
+}
+
+/// The relay a decision asks for, to its end.
+async fn relay_decided(stream: &mut TcpStream, decided: Served, cx: &Connection<'_>) -> Result<Ended, Refusal> {
+    let idle = cx.config.timeouts.idle;
+    let counters = cx.counters;
+    Ok(match decided {
+        Served::Forwarded { to: To::Server(mut upstream), one_request: false } => {
+            Ended::Relayed(relay(stream, &mut upstream.stream, idle, counters).await.err())
+        }
+        Served::Forwarded { to: To::Server(mut upstream), one_request: true } => {
+            Ended::Relayed(relay_answer(stream, &mut upstream.stream, idle, counters).await.err())
+        }
+        Served::Forwarded { to: To::Agent(upstream), one_request } => {
+            let relay = crate::tunnel::gateway::relay(stream, upstream, idle, counters, cx.metrics, one_request);
+            Ended::Relayed(Box::pin(relay).await)
+        }
+        Served::Answered(status) => Ended::Answered(status),
+    })
+}
+
+/// A connection's one log line and its metrics, from the same outcome.
+/// Logged in the connection's span. `moved`: bytes up, down.
+pub(crate) fn finish(
+    metrics: &Metrics,
+    protocol: Protocol,
+    route: Option<&crate::config::Route>,
+    [up, down]: [u64; 2],
+    elapsed: Duration,
+    result: Result<Ended, Refusal>,
+) {
+    let ms = elapsed.as_millis() as u64;
+    let outcome = match &result {
+        Ok(Ended::Relayed(_)) => Outcome::Relayed,
+        Ok(Ended::Answered(_)) => Outcome::Answered,
+        Err(_) => Outcome::Refused,
+    };
+    let (name, counted) = match route {
+        Some(route) => (route.name.as_str(), &route.metrics),
+        None => ("", &metrics.unrouted),
+    };
+    counted.count(metrics, name, protocol, outcome, [up, down]);
+    let outcome = outcome.label();
+    match result {
+        Ok(Ended::Relayed(None)) => tracing::info!(outcome, up, down, ms, "closed"),
+        Ok(Ended::Relayed(Some(end))) => tracing::info!(outcome, up, down, ms, "closed: {end}"),
+        Ok(Ended::Answered(status)) => tracing::info!(outcome, status, ms, "answered"),
+        Err(refusal) => {
+            metrics.refusals.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
+            tracing::info!(outcome, reason = refusal.reason(), up, down, ms, "refused: {refusal}")
+        }
+    }
+}
+
+/// A connection's places in the limits, given back on drop. It owns what it
+/// counts in, so that a connection can move between the engine and tokio.
+pub(crate) struct Admission<E: Evict = CancellationToken> {
+    shared: Arc<Shared>,
+    pool: Arc<PendingPool<E>>,
     client: ClientKey,
     /// Counted in the per-client limit of open connections.
     counted: bool,
@@ -472,11 +581,13 @@ struct Admission<'a> {
     pending: AtomicU64,
 }
 
-impl<'a> Admission<'a> {
-    fn new(
-        shared: &'a Shared,
-        pool: &'a PendingPool,
-        evict: &CancellationToken,
+impl<E: Evict> Admission<E> {
+    /// Takes the connection's places; `evict` closes it if the pending pool
+    /// needs its place. Refused with the limit it hit.
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        pool: &Arc<PendingPool<E>>,
+        evict: E,
         config: &Config,
         listener: &Listener,
         peer: SocketAddr,
@@ -485,7 +596,13 @@ impl<'a> Admission<'a> {
         // Each count is taken, then checked; Drop gives back what was taken.
         let open_before = shared.metrics.active.inc();
         let key = ClientKey::of(crate::proxy_header::unmap(peer).ip(), limits);
-        let mut admission = Admission { shared, pool, client: key, counted: false, pending: AtomicU64::new(0) };
+        let mut admission = Admission {
+            shared: shared.clone(),
+            pool: pool.clone(),
+            client: key,
+            counted: false,
+            pending: AtomicU64::new(0),
+        };
         if open_before >= limits.max_connections() as i64 {
             return Err(Limit::Connections);
         }
@@ -502,14 +619,14 @@ impl<'a> Admission<'a> {
             }
         }
         let per_client = (!trusted).then_some(limits.max_pending_per_client);
-        let slot = pool
-            .admit(key, per_client, limits.max_pending_handshakes, evict.clone())
-            .map_err(|_| Limit::PendingPerClient)?;
+        let slot =
+            pool.admit(key, per_client, limits.max_pending_handshakes, evict).map_err(|_| Limit::PendingPerClient)?;
         admission.pending.store(slot, Ordering::Release);
         Ok(admission)
     }
 
-    fn handshake_done(&self) {
+    /// The connection is no longer pending: its place in the pool is free.
+    pub(crate) fn handshake_done(&self) {
         let slot = self.pending.swap(0, Ordering::AcqRel);
         if slot != 0 {
             self.pool.release(self.client, slot);
@@ -517,7 +634,7 @@ impl<'a> Admission<'a> {
     }
 }
 
-impl Drop for Admission<'_> {
+impl<E: Evict> Drop for Admission<E> {
     fn drop(&mut self) {
         self.handshake_done();
         self.shared.metrics.active.dec();
@@ -588,7 +705,9 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         eprintln!("connection future: {size} bytes");
         // 900 before the pending pool, which added the client's key (an
-        // IPv6 prefix: 17 bytes), the listener's pool and the eviction token.
-        assert!(size <= 944, "the connection future grew to {size} bytes");
+        // IPv6 prefix: 17 bytes), the listener's pool and the eviction token;
+        // 984 since the relay step is shared with the connections the engine
+        // hands over. TLS connections are the engine's (`engine::Conn`).
+        assert!(size <= 984, "the connection future grew to {size} bytes");
     }
 }

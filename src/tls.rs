@@ -13,11 +13,11 @@ use tracing::field::display;
 
 /// A fatal `unrecognized_name` alert (RFC 6066 §3), so that a refused client
 /// says "unrecognized name" instead of a bare connection reset.
-const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+pub(crate) const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
 
 /// Largest amount read before a hello must be complete: the biggest
 /// ClientHello TLS allows, with a record header for every 2^14 bytes.
-const MAX_READ: usize = hello::MAX_HELLO_LEN + 4 + 5 * (hello::MAX_HELLO_LEN / (1 << 14) + 1);
+pub(crate) const MAX_READ: usize = hello::MAX_HELLO_LEN + 4 + 5 * (hello::MAX_HELLO_LEN / (1 << 14) + 1);
 
 pub async fn serve(
     stream: &mut TcpStream,

@@ -87,11 +87,14 @@ impl TunnelGateway {
     }
 
     /// Writes the config; `extra` is more JSON members for the top level.
+    /// Every client here is 127.0.0.1, and some tests open 200 connections
+    /// at once: the per-client pending limit is not what they test.
     fn write_config(&self, agents: &[PublicKey], proxy: &str, extra: &str) {
         let keys: Vec<String> = agents.iter().map(|k| format!("\"{k}\"")).collect();
         let text = format!(
             r#"{{
               "log": {{ "level": "debug" }},
+              "limits": {{ "max_pending_per_client": 1000 }},
               "listeners": [
                 {{ "address": "{}", "protocol": "tls" }},
                 {{ "address": "{}", "protocol": "tunnel" }}
