@@ -104,14 +104,19 @@ impl Engines {
         self.listening.push((address, socket));
     }
 
-    /// Stops serving `address`; gives its socket back for a listener that
-    /// stays with another protocol (`None` once every engine let go of it is
-    /// not waited for: the engines close their copies).
-    pub(crate) fn unlisten(&mut self, address: SocketAddr) -> Option<std::net::TcpListener> {
-        let at = self.listening.iter().position(|(a, _)| *a == address)?;
-        let (_, socket) = self.listening.swap_remove(at);
-        self.send_all(|| Message::Unlisten(address));
-        socket.try_clone().ok()
+    /// A copy of the socket of listener `address`, for tokio to serve it.
+    pub(crate) fn socket(&self, address: SocketAddr) -> io::Result<std::net::TcpListener> {
+        let (_, socket) = self.listening.iter().find(|(a, _)| *a == address).ok_or(io::ErrorKind::NotFound)?;
+        socket.try_clone()
+    }
+
+    /// Stops serving `address`. Its socket closes once every engine has let
+    /// go of its copy, unless tokio has one (`socket`).
+    pub(crate) fn unlisten(&mut self, address: SocketAddr) {
+        if let Some(at) = self.listening.iter().position(|(a, _)| *a == address) {
+            self.listening.swap_remove(at);
+            self.send_all(|| Message::Unlisten(address));
+        }
     }
 
     pub(crate) fn addresses(&self) -> Vec<SocketAddr> {

@@ -280,6 +280,26 @@ fn reload(
         }
     }
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    // A TLS listener that stays with another protocol keeps its socket,
+    // which moves from the engines to tokio; made ready here, before
+    // anything changes, so that a failure changes nothing.
+    let protocol_at = |address| config.listeners.iter().find(|l| l.address == address).map(|l| l.protocol);
+    let mut handed = Vec::new();
+    for address in engines.addresses() {
+        if protocol_at(address).is_some_and(|p| p != Protocol::Tls) {
+            handed.push((address, TcpListener::from_std(engines.socket(address)?)?));
+        }
+    }
+    // The engines let go of what leaves them before they take the new
+    // config: they never serve an address that is no longer TLS.
+    for address in engines.addresses() {
+        if protocol_at(address) != Some(Protocol::Tls) {
+            engines.unlisten(address);
+            if protocol_at(address).is_none() {
+                tracing::info!(%address, "listener closed");
+            }
+        }
+    }
     let config = Arc::new(config);
     engines.configure(&config);
     current.send_replace(config.clone());
@@ -291,22 +311,8 @@ fn reload(
         }
         keep
     });
-    for address in engines.addresses() {
-        let now = config.listeners.iter().find(|l| l.address == address).map(|l| l.protocol);
-        if now == Some(Protocol::Tls) {
-            continue;
-        }
-        let socket = engines.unlisten(address);
-        match (now, socket) {
-            // Same address, another protocol: its socket goes on serving, on tokio.
-            (Some(_), Some(socket)) => {
-                loops.insert(
-                    address,
-                    spawn_accept_loop(TcpListener::from_std(socket)?, address, current.subscribe(), shared.clone()),
-                );
-            }
-            _ => tracing::info!(%address, "listener closed"),
-        }
+    for (address, socket) in handed {
+        loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
     }
     for (address, socket) in opened {
         tracing::info!(%address, "listening");

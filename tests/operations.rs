@@ -445,6 +445,49 @@ async fn a_reload_opens_an_added_listener_and_closes_a_removed_one() {
     gw.stop().await;
 }
 
+/// A listener that stays at its address with another protocol keeps its
+/// socket, which serves the new protocol from the reload on: TLS listeners
+/// are served by the connection engine and HTTP ones on tokio, so the
+/// socket changes hands both ways.
+#[tokio::test]
+async fn a_reload_can_change_the_protocol_of_a_listener() {
+    let (app, _app_got) = Backend::recording().await;
+    let gw = Owned::start(|tls, http| app_only(tls, http, app.addr)).await;
+    let request = b"GET /page HTTP/1.1\r\nHost: app.example.test\r\n\r\n";
+    let redirected = |got: Got| match got {
+        Got::Answer(bytes) => {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            text.starts_with("HTTP/1.1 30") && text.contains("Location: https://app.example.test/page\r\n")
+        }
+        Got::NotListening => false,
+    };
+    assert!(attempt(gw.tls, &app_hello()).await.served());
+    assert!(redirected(attempt(gw.http, request).await));
+
+    let mut swapped = app_only(gw.tls, gw.http, app.addr);
+    swapped["listeners"][0]["protocol"] = json!("http");
+    swapped["listeners"][1]["protocol"] = json!("tls");
+    gw.reload_with(&swapped.to_string()).await;
+    within("the swapped listeners serving", async {
+        while !redirected(attempt(gw.tls, request).await) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(attempt(gw.http, &app_hello()).await.served(), "the listener made TLS does not serve TLS");
+    assert!(redirected(attempt(gw.tls, request).await));
+
+    gw.reload_with(&app_only(gw.tls, gw.http, app.addr).to_string()).await;
+    within("the listeners serving as at first", async {
+        while !attempt(gw.tls, &app_hello()).await.served() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(redirected(attempt(gw.http, request).await));
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // Graceful stop.
 
