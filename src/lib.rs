@@ -11,8 +11,14 @@
 //! 6. [`proxy_header`] writes the client's address for the backend;
 //! 7. [`relay`] moves the bytes both ways until both sides are done.
 //!
-//! [`forward`] does 5 to 7 for both listeners; [`tls`] and [`http`] are the
-//! two listeners' paths (the HTTP one redirects, or forwards ACME
+//! TLS listeners run these steps on the connection engine (`engine.rs`): an
+//! epoll loop per CPU that holds each connection as a small state machine,
+//! not a task, since a new connection is what a gateway does most often.
+//! Everything else runs on tokio: HTTP listeners, reload, health checks,
+//! metrics, and a TLS connection whose backend is reached through the tunnel
+//! or by a DNS name, which the engine hands over once it is routed. On
+//! tokio, [`forward`] does 5 to 7 for both listeners; [`tls`] and [`http`]
+//! are the two listeners' paths (the HTTP one redirects, or forwards ACME
 //! challenges). [`config`] reads the file once into checked types;
 //! [`outcome`] is how every connection ends, for logs and [`metrics`];
 //! [`health`] takes failing servers out of rotation; [`systemd`] speaks the
