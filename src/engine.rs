@@ -298,6 +298,8 @@ struct Upstream {
     stream: TcpStream,
     ready: Ready,
     address: SocketAddr,
+    /// Its place in the backend's `servers`.
+    index: usize,
     _slot: ServerSlot,
 }
 
@@ -699,7 +701,8 @@ impl Engine {
         conn.server = None;
         let n = backend.servers.len();
         while connecting.tried < n {
-            let server = &backend.servers[(connecting.start + connecting.tried) % n];
+            let index = (connecting.start + connecting.tried) % n;
+            let server = &backend.servers[index];
             connecting.tried += 1;
             if !server.is_up() {
                 continue;
@@ -714,7 +717,7 @@ impl Engine {
             match attempt {
                 Ok(stream) => {
                     connecting.since = now;
-                    conn.server = Some(Upstream { stream, ready: Ready::default(), address, _slot: slot });
+                    conn.server = Some(Upstream { stream, ready: Ready::default(), address, index, _slot: slot });
                     let deadline = now + backend.connect_timeout;
                     self.set_deadline(key, Some(deadline));
                     return Ok(());
@@ -741,9 +744,7 @@ impl Engine {
         let Some(conn) = self.conn(key) else { return };
         if let (Some(server), Some(route), Step::Connecting(connecting)) = (&conn.server, &conn.route, &mut conn.step) {
             let backend = &route.backend;
-            if let Some(s) = backend.servers.iter().find(|s| s.address == ServerAddress::Ip(server.address)) {
-                metrics.connect_failures.get_or_create(&s.labels).inc();
-            }
+            metrics.connect_failures.get_or_create(&backend.servers[server.index].labels).inc();
             tracing::debug!(backend = %backend.name, server = %server.address, %error, "connect failed");
             connecting.last = Some((server.address.to_string(), error));
         }
@@ -764,9 +765,7 @@ impl Engine {
         };
         let route = conn.route.as_ref().expect("routed");
         let server = conn.server.as_ref().expect("connected");
-        if let Some(s) = route.backend.servers.iter().find(|s| s.address == ServerAddress::Ip(server.address)) {
-            s.connected(&metrics, now.duration_since(connecting.since));
-        }
+        route.backend.servers[server.index].connected(&metrics, now.duration_since(connecting.since));
         let (client, local) = conn.addresses;
         let already_read = &connecting.already_read;
         let first = proxy_header::encode_before(route.backend.proxy_protocol, client, local, already_read);

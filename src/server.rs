@@ -183,8 +183,13 @@ pub async fn run(
     let (current, _) = watch::channel(config);
     let mut loops: HashMap<SocketAddr, AcceptLoop> = HashMap::new();
     for (address, socket) in listeners {
+        let protocol = current.borrow().listeners.iter().find(|l| l.address == address).map(|l| l.protocol);
+        let Some(protocol) = protocol else {
+            tracing::warn!(%address, "a socket for no listener of the config; closing it");
+            continue;
+        };
         tracing::info!(%address, "listening");
-        serve_listener(socket, address, &current, &mut loops, &mut engines, &shared)?;
+        Listening::new(socket, protocol)?.serve(address, &current, &mut loops, &mut engines, &shared);
     }
     systemd::ready("accepting connections");
     // Memory that large unfinished hellos took is given back to the system
@@ -262,12 +267,12 @@ fn reload(
     // Bind every new address before touching anything, so a port that is
     // taken fails the reload as a whole.
     let metrics_socket = bind_metrics(&config, generation.metrics_address())?;
-    let mut opened = HashMap::new();
+    let mut opened = Vec::new();
     for listener in &config.listeners {
         if !loops.contains_key(&listener.address) && !engines.listens(listener.address) {
             let socket =
                 bind(listener.address).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
-            opened.insert(listener.address, socket);
+            opened.push((listener.address, Listening::new(socket, listener.protocol)?));
         }
     }
     // A server known to be down stays down until its checks say otherwise.
@@ -316,28 +321,42 @@ fn reload(
     }
     for (address, socket) in opened {
         tracing::info!(%address, "listening");
-        serve_listener(socket, address, current, loops, engines, shared)?;
+        socket.serve(address, current, loops, engines, shared);
     }
     Ok(metrics_socket)
 }
 
-/// Serves a listener: a TLS listener on the connection engines, the others
-/// on tokio, each with its accept loop.
-fn serve_listener(
-    socket: TcpListener,
-    address: SocketAddr,
-    current: &watch::Sender<Arc<Config>>,
-    loops: &mut HashMap<SocketAddr, AcceptLoop>,
-    engines: &mut Engines,
-    shared: &Arc<Shared>,
-) -> io::Result<()> {
-    let protocol = current.borrow().listeners.iter().find(|l| l.address == address).map(|l| l.protocol);
-    if protocol == Some(Protocol::Tls) {
-        engines.listen(address, socket.into_std()?);
-    } else {
-        loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
+/// A bound listener and what serves it: the connection engines for TLS,
+/// tokio for the other protocols, each with its accept loop.
+enum Listening {
+    Engines(std::net::TcpListener),
+    Tokio(TcpListener),
+}
+
+impl Listening {
+    /// Made before anything changes (a reload that fails changes nothing).
+    fn new(socket: TcpListener, protocol: Protocol) -> io::Result<Listening> {
+        Ok(match protocol {
+            Protocol::Tls => Listening::Engines(socket.into_std()?),
+            Protocol::Http | Protocol::Tunnel => Listening::Tokio(socket),
+        })
     }
-    Ok(())
+
+    fn serve(
+        self,
+        address: SocketAddr,
+        current: &watch::Sender<Arc<Config>>,
+        loops: &mut HashMap<SocketAddr, AcceptLoop>,
+        engines: &mut Engines,
+        shared: &Arc<Shared>,
+    ) {
+        match self {
+            Listening::Engines(socket) => engines.listen(address, socket),
+            Listening::Tokio(socket) => {
+                loops.insert(address, spawn_accept_loop(socket, address, current.subscribe(), shared.clone()));
+            }
+        }
+    }
 }
 
 fn spawn_accept_loop(
