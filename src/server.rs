@@ -447,16 +447,7 @@ fn connection(
         let started = Instant::now();
         let counters = Counters::default();
         let metrics = &shared.metrics;
-        let tunnel = &*shared.tunnel;
-        let cx = Connection {
-            peer,
-            listener,
-            config: &config,
-            counters: &counters,
-            metrics,
-            tunnel,
-            route: Default::default(),
-        };
+        let cx = context(peer, listener, &config, &counters, &shared);
         // Cancelled by the drain deadline, or by the pool to make room
         // while the connection is pending.
         let cut = shared.cut.child_token();
@@ -518,15 +509,7 @@ pub(crate) fn forwarded<E: Evict>(
         let listener = &config.listeners[listener];
         let counters = Counters::default();
         let metrics = &shared.metrics;
-        let cx = Connection {
-            peer,
-            listener,
-            config: &config,
-            counters: &counters,
-            metrics,
-            tunnel: &shared.tunnel,
-            route: Default::default(),
-        };
+        let cx = context(peer, listener, &config, &counters, &shared);
         let _ = cx.route.set(&route);
         let served = async {
             let decided = Box::pin(forward(&cx, addresses, &route.backend, already_read, false)).await?;
@@ -540,6 +523,25 @@ pub(crate) fn forwarded<E: Evict>(
         finish(metrics, listener.protocol, Some(&route), moved, started.elapsed(), result);
     }
     .instrument(span)
+}
+
+/// A connection's context on tokio, before its route is known.
+fn context<'a>(
+    peer: SocketAddr,
+    listener: &'a Listener,
+    config: &'a Config,
+    counters: &'a Counters,
+    shared: &'a Shared,
+) -> Connection<'a> {
+    Connection {
+        peer,
+        listener,
+        config,
+        counters,
+        metrics: &shared.metrics,
+        tunnel: &shared.tunnel,
+        route: Default::default(),
+    }
 }
 
 /// The relay a decision asks for, to its end.
