@@ -72,6 +72,7 @@ impl Engines {
                 paused_until: None,
                 backoff: Duration::from_millis(5),
                 buf: vec![0; SMALL].into_boxed_slice(),
+                generations: 0,
             };
             let thread = std::thread::Builder::new().name(format!("engine-{n}")).spawn(move || engine.run())?;
             engines.inboxes.push(inbox);
@@ -241,6 +242,8 @@ struct Engine {
     backoff: Duration,
     /// Where a burst is read before it is written on.
     buf: Box<[u8]>,
+    /// The last connection's generation (see `Key`).
+    generations: u64,
 }
 
 /// Readiness seen and not yet used up (epoll is edge-triggered). An end
@@ -518,7 +521,8 @@ impl Engine {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let generation = slot_generation();
+        self.generations += 1;
+        let generation = self.generations;
         let key = Key { slot, generation };
         let settings = &config.listeners[listener];
         let trusted = inbound::is_trusted_proxy(settings, peer);
@@ -784,16 +788,12 @@ impl Engine {
     /// Gives a routed connection to tokio, for a backend this engine does not
     /// connect itself.
     fn hand_over(&mut self, key: Key) {
-        let Some(mut conn) = self.conns[key.slot].take() else { return };
-        self.free.push(key.slot);
-        if let Some(at) = conn.deadline.take() {
-            self.timers.remove(&(at, key));
-        }
+        let Some(mut conn) = self.remove(key) else { return };
+        let span = conn.span();
         let _ = self.poll.registry().deregister(&mut conn.client);
         // SAFETY: the descriptor is taken from the mio socket, which gives up its ownership.
         let stream = unsafe { std::net::TcpStream::from_raw_fd(conn.client.into_raw_fd()) };
         let Step::Hello(mut received) = conn.step else { unreachable!("handed over after the hello") };
-        let span = span_of(&conn.peer, &conn.config, conn.listener, conn.addresses.0, &conn.sni, &conn.route, None);
         let route = conn.route.expect("routed");
         let admission = conn.admission.expect("admitted");
         let shared = self.shared.clone();
@@ -815,18 +815,21 @@ impl Engine {
         }));
     }
 
-    /// Ends a connection: its one log line and metrics, then its sockets close.
-    fn close(&mut self, key: Key, result: Result<Ended, Refusal>) {
-        if self.conn(key).is_none() {
-            return;
-        }
-        let conn = self.conns[key.slot].take().expect("checked");
+    /// Takes a connection out of the slab and its deadline out of the timers.
+    fn remove(&mut self, key: Key) -> Option<Conn> {
+        self.conn(key)?;
+        let conn = self.conns[key.slot].take()?;
         self.free.push(key.slot);
         if let Some(at) = conn.deadline {
             self.timers.remove(&(at, key));
         }
-        let server = conn.server.as_ref().map(|s| s.address);
-        let span = span_of(&conn.peer, &conn.config, conn.listener, conn.addresses.0, &conn.sni, &conn.route, server);
+        Some(conn)
+    }
+
+    /// Ends a connection: its one log line and metrics, then its sockets close.
+    fn close(&mut self, key: Key, result: Result<Ended, Refusal>) {
+        let Some(conn) = self.remove(key) else { return };
+        let span = conn.span();
         let _entered = span.enter();
         let elapsed = self.now.saturating_duration_since(conn.started);
         let protocol = conn.config.listeners[conn.listener].protocol;
@@ -836,40 +839,29 @@ impl Engine {
     }
 }
 
-/// A new value for each connection in a slot.
-fn slot_generation() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The connection's span, made when its line is logged.
-fn span_of(
-    peer: &SocketAddr,
-    config: &Config,
-    listener: usize,
-    client: SocketAddr,
-    sni: &Option<crate::names::HostName>,
-    route: &Option<Arc<Route>>,
-    server: Option<SocketAddr>,
-) -> tracing::Span {
-    let span = server::span(*peer, config.listeners[listener].address);
-    if span.is_disabled() {
-        return span;
+impl Conn {
+    /// Its span, made when its line is logged (or it is handed over), with
+    /// the fields the tokio path records as it goes.
+    fn span(&self) -> tracing::Span {
+        let span = server::span(self.peer, self.config.listeners[self.listener].address);
+        if span.is_disabled() {
+            return span;
+        }
+        let client = self.addresses.0;
+        if client != self.peer {
+            span.record("client", tracing::field::display(client));
+        }
+        if let Some(name) = &self.sni {
+            span.record("sni", tracing::field::display(name));
+        }
+        if let Some(route) = &self.route {
+            span.record("route", route.name.as_str());
+        }
+        if let Some(server) = &self.server {
+            span.record("server", tracing::field::display(server.address));
+        }
+        span
     }
-    if client != *peer {
-        span.record("client", tracing::field::display(client));
-    }
-    if let Some(name) = sni {
-        span.record("sni", tracing::field::display(name));
-    }
-    if let Some(route) = route {
-        span.record("route", route.name.as_str());
-    }
-    if let Some(server) = server {
-        span.record("server", tracing::field::display(server));
-    }
-    span
 }
 
 /// The alert that tells a refused client why, best effort.
