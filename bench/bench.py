@@ -585,6 +585,25 @@ def start_all():
 
 
 # --- loads ---------------------------------------------------------------------------------------
+def rotated(rep):
+    """The targets, round `rep` starting at the next one, as the TTFB rounds do: a run's figures
+    depend on where it falls in a round (measured: the same two builds' CPU per GB compared 0.80
+    and 1.04 in alternating and in fixed order)."""
+    at = rep % len(TARGETS)
+    return TARGETS[at:] + TARGETS[:at]
+
+
+def cpus_busy():
+    """(busy, total) jiffies so far of CPU 0 (the client's) and CPU 1, from /proc/stat."""
+    out = {}
+    for line in open("/proc/stat"):
+        f = line.split()
+        if f[0] in ("cpu0", "cpu1"):
+            ticks = [int(x) for x in f[1:]]
+            out[int(f[0][3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))  # idle and iowait are not busy
+    return out
+
+
 def tlsload(*args, timeout=120):
     argv = in_ns(NS_C, 0, [f"{WORK}/tlsload"] + [str(a) for a in args])
     r = ns_run(argv, capture_output=True, text=True, timeout=timeout)
@@ -695,11 +714,14 @@ def main():
                 f"{n} {R[n][f'p{pad}_c1_ttfb50'][-1]:.0f}/{R[n][f'p{pad}_c1_ttfb99'][-1]:.0f}us" for n, _, _ in TARGETS))
         for pad in PADS:
             for conc in (1, 64):
-                for name, ip, port in TARGETS:
-                    c0 = usage(name)
+                for name, ip, port in rotated(rep):
+                    c0, b0 = usage(name), cpus_busy()
                     r = tlsload("rate", ip, port, SNI, conc, RATE_SECS, RATE_MAX, pad)
-                    c1 = usage(name)
+                    c1, b1 = usage(name), cpus_busy()
                     k = f"p{pad}_c{conc}"
+                    # With many clients the client's CPU can be the limit, not the target: shown.
+                    for cpu in (0, 1):
+                        add(name, f"{k}_cpu{cpu}_busy", 100 * (b1[cpu][0] - b0[cpu][0]) / max(b1[cpu][1] - b0[cpu][1], 1))
                     add(name, f"{k}_rate", r["rate"])
                     add(name, f"{k}_err", r["err"])
                     add(name, f"{k}_load_ttfb50", r["ttfb_p50_us"])
@@ -720,12 +742,10 @@ def main():
         report(R, segs, started_at, finished_at, load_start, load_end, profile)
         return
 
-    # 2. Bulk throughput and gateway CPU per GB. Each round starts at the next target, as the TTFB
-    # rounds do: a download's CPU depends on where it falls in a round (measured: the same two
-    # builds compared 0.80 and 1.04 in alternating and in fixed order).
+    # 2. Bulk throughput and gateway CPU per GB, rounds rotated as the rates' are.
     for rep in range(REPS):
         for n in BULK:
-            for name, ip, port in TARGETS[rep % len(TARGETS):] + TARGETS[:rep % len(TARGETS)]:
+            for name, ip, port in rotated(rep):
                 c0 = usage(name)
                 size, wall = download(ip, port, n)
                 c1 = usage(name)
@@ -795,8 +815,8 @@ def profile_runs(procs, home=None):
     else:
         jobs = [(name, "handshakes (64 clients, new connection each)", "rate") for name, _, _ in SNI_EDGES]
     if ONLY != "conn" and not TUNNEL:
-        jobs += [("sni-edge", f"bulk (one {BIG_MIB} MiB download)", "bulk"),
-                 ("haproxy", f"bulk (one {BIG_MIB} MiB download)", "bulk")]
+        jobs += [(name, f"bulk (one {BIG_MIB} MiB download)", "bulk") for name, _, _ in SNI_EDGES + [
+            t for t in TARGETS if t[0] == "haproxy"]]
     for name, what, kind in jobs:
         target = "sni-edge-tunnel" if name == "sni-edge-agent" else name
         ip, port = next((i, p) for n, i, p in TARGETS if n == target)
@@ -836,8 +856,8 @@ def profile_runs(procs, home=None):
 # The system calls counted one by one (all of them in the total): the per-connection path of the
 # gateways (a tracepoint each; counting all ~360 at once slows a gateway down several times).
 SYSCALLS = ["accept4", "epoll_wait", "epoll_ctl", "recvfrom", "recvmsg", "read", "sendto", "sendmsg",
-            "writev", "write", "connect", "socket", "getsockname", "getsockopt", "setsockopt", "shutdown",
-            "close", "clock_gettime", "splice", "futex"]
+            "writev", "write", "connect", "socket", "getsockname", "getpeername", "getsockopt", "setsockopt",
+            "shutdown", "close", "clock_gettime", "splice", "futex"]
 
 
 def while_recording(argv, load):
@@ -929,12 +949,13 @@ def self_instructions(path):
 
 # The system calls of a connection's set-up and tear-down (not of moving its bytes), which the
 # bench holds sni-edge to: with one client, one accept (none ending in EAGAIN), the two sockets'
-# registration (closing a socket removes it from epoll), socket, connect, SO_ERROR, TCP_NODELAY,
-# one shutdown for the half-close, two closes. Measured: 15 before issue 12's changes, 13 on
-# tokio after them, 10 on the connection engine.
-SETUP_SYSCALLS = ("accept4", "epoll_ctl", "socket", "connect", "getsockopt", "setsockopt", "getsockname",
-                  "shutdown", "close")
-SETUP_BOUND = 10.05
+# registration (closing a socket removes it from epoll; neither is registered for writability
+# until a write would block), socket, connect, TCP_NODELAY, one shutdown for the half-close, two
+# closes; no SO_ERROR or getpeername, as the first bytes go right after connect. Measured: 15
+# before issue 12's changes, 13 on tokio after them, 10 on the connection engine, 9 since.
+SETUP_SYSCALLS = ("accept4", "epoll_ctl", "socket", "connect", "getsockopt", "getpeername", "setsockopt",
+                  "getsockname", "shutdown", "close")
+SETUP_BOUND = 9.05
 
 
 def connection_counts(pids, R):
@@ -1004,13 +1025,17 @@ def med(R, t, k):
 
 ROWS = [
     # key, label, format, kind: "abs" ratio to direct and HAProxy; "gw" gateway-only (ratio to HAProxy);
-    # "added" minus direct (ratio to HAProxy of the added part)
+    # "added" minus direct (ratio to HAProxy of the added part); "info" no ratio (the machine's state)
     ("p0_c1_rate", "New TLS connections/s, 1 client", "{:.0f}", "abs"),
     ("p0_c64_rate", "New TLS connections/s, 64 clients", "{:.0f}", "abs"),
     ("p0_c1_ttfb50", "Added TTFB p50, µs (sequential)", "{:.0f}", "added"),
     ("p0_c1_ttfb99", "Added TTFB p99, µs (sequential)", "{:.0f}", "added"),
     ("p0_c64_cpu_us", "Gateway CPU per connection, µs", "{:.0f}", "gw"),
     ("p0_c64_csw", "Gateway context switches per connection", "{:.2f}", "gw"),
+    ("p0_c64_cpu0_busy", f"CPU 0 ({'client' if FAR_CPU == 1 else 'client, backend'}) busy in the 64-client rate runs, %",
+     "{:.0f}", "info"),
+    ("p0_c64_cpu1_busy", f"CPU 1 ({'gateway, backend' if FAR_CPU == 1 else 'gateway'}) busy in the 64-client rate runs, %",
+     "{:.0f}", "info"),
     ("p{PAD}_c1_rate", "2-segment hello: connections/s, 1 client", "{:.0f}", "abs"),
     ("p{PAD}_c64_rate", "2-segment hello: connections/s, 64 clients", "{:.0f}", "abs"),
     ("p{PAD}_c1_ttfb50", "2-segment hello: added TTFB p50, µs", "{:.0f}", "added"),
@@ -1072,6 +1097,9 @@ def table(R):
                 continue
             s = fmt.format(v)
             ratios = []
+            if kind == "info":  # what the machine did, not a figure of merit
+                cells.append(s)
+                continue
             if kind == "abs" and name != "direct" and d:
                 ratios.append(f"{v / d:.2f}×d")
             # Noise can make an "added" figure negative: no ratio then.

@@ -249,15 +249,27 @@ struct Engine {
 /// Readiness seen and not yet used up (epoll is edge-triggered). An end
 /// of stream or an error is for good: once seen, the socket stays ready, or
 /// an EOF that came with the last bytes would never be read.
+///
+/// A connected socket is taken as writable until a write would block, and
+/// only then is epoll asked to report writability (`watching_write`):
+/// epoll reports a socket registered for it at once, since it is writable,
+/// which cost a turn of the loop per connection for nothing (measured:
+/// bench/results/ISSUE-12-NOTES.md).
 #[derive(Default, Clone, Copy)]
 struct Ready {
     read: bool,
     write: bool,
     read_closed: bool,
     failed: bool,
+    watching_write: bool,
 }
 
 impl Ready {
+    /// A socket just connected: writable, and not yet watched for it.
+    fn connected() -> Ready {
+        Ready { write: true, ..Ready::default() }
+    }
+
     fn seen(&mut self, event: &mio::event::Event) {
         self.read_closed |= event.is_read_closed();
         self.failed |= event.is_error() || event.is_write_closed();
@@ -315,8 +327,10 @@ enum Step {
 }
 
 struct Connecting {
-    /// The bytes read, forwarded after the PROXY header once connected.
-    already_read: Vec<u8>,
+    /// What goes first to the server: the PROXY header and the bytes read.
+    first: Vec<u8>,
+    /// Of which the client's bytes.
+    already_read: usize,
     start: usize,
     tried: usize,
     since: Instant,
@@ -532,12 +546,11 @@ impl Engine {
         let budget = config.limits.max_buffered_bytes;
         let deadline = self.now + config.timeouts.client_hello;
         let mut client = stream;
-        let registered =
-            self.poll.registry().register(&mut client, Token(slot * 2), Interest::READABLE | Interest::WRITABLE);
+        let registered = self.poll.registry().register(&mut client, Token(slot * 2), Interest::READABLE);
         let conn = Conn {
             generation,
             client,
-            client_ready: Ready::default(),
+            client_ready: Ready::connected(),
             peer,
             addresses: (peer, local),
             listener,
@@ -638,7 +651,7 @@ impl Engine {
                 Step::Connecting(_) => match check_connect(conn) {
                     Ok(false) => Turn::Wait,
                     Ok(true) => {
-                        self.connected(key);
+                        self.connected(key, 0);
                         continue;
                     }
                     Err(error) => {
@@ -650,11 +663,34 @@ impl Engine {
             };
             break turn;
         };
-        match turn {
-            Turn::Wait | Turn::HandedOver => {}
-            Turn::Again => self.again.push(key),
-            Turn::Done(result) => self.close(key, result),
+        let watched = match turn {
+            Turn::HandedOver => return,
+            Turn::Wait => self.watch_writes(key),
+            Turn::Again => {
+                self.again.push(key);
+                self.watch_writes(key)
+            }
+            Turn::Done(result) => return self.close(key, result),
+        };
+        if let Err(e) = watched {
+            self.close(key, Err(Refusal::Io(e)));
         }
+    }
+
+    /// Asks epoll to report writability of a socket whose write would block.
+    fn watch_writes(&mut self, key: Key) -> io::Result<()> {
+        let registry = self.poll.registry();
+        let Some(conn) = self.conns.get_mut(key.slot).and_then(Option::as_mut) else { return Ok(()) };
+        let both = Interest::READABLE | Interest::WRITABLE;
+        if !conn.client_ready.write && !conn.client_ready.watching_write {
+            registry.reregister(&mut conn.client, Token(key.slot * 2), both)?;
+            conn.client_ready.watching_write = true;
+        }
+        if let Some(server) = conn.server.as_mut().filter(|s| !s.ready.write && !s.ready.watching_write) {
+            registry.reregister(&mut server.stream, Token(key.slot * 2 + 1), both)?;
+            server.ready.watching_write = true;
+        }
+        Ok(())
     }
 
     /// The hello is in: route it. `Ok(None)`: go on with the connection's
@@ -688,15 +724,21 @@ impl Engine {
         let start = backend.first_server(conn.addresses.0.ip())?;
         let Step::Hello(received) = &mut conn.step else { unreachable!("routed after the hello only") };
         // The bytes go on; their charge on the buffer budget ends with the hello.
-        let already_read = std::mem::take(&mut received.bytes);
-        conn.step = Step::Connecting(Box::new(Connecting { already_read, start, tried: 0, since: now, last: None }));
+        let (client, local) = conn.addresses;
+        let first = proxy_header::encode_before(backend.proxy_protocol, client, local, &received.bytes);
+        let already_read = received.bytes.len();
+        conn.step =
+            Step::Connecting(Box::new(Connecting { first, already_read, start, tried: 0, since: now, last: None }));
         self.set_deadline(key, None);
-        self.connect_next(key)?;
+        if let Some(written) = self.connect_next(key)? {
+            self.connected(key, written);
+        }
         Ok(None)
     }
 
     /// Starts a connect to the next server that is up and has a free slot.
-    fn connect_next(&mut self, key: Key) -> Result<(), Refusal> {
+    /// `Ok(Some(n))`: connected already, and the first `n` bytes are sent.
+    fn connect_next(&mut self, key: Key) -> Result<Option<usize>, Refusal> {
         let now = self.now;
         let registry = self.poll.registry();
         let conn = self.conns[key.slot].as_mut().expect("driven");
@@ -713,18 +755,35 @@ impl Engine {
             }
             let Some(slot) = server.take_slot() else { continue };
             let ServerAddress::Ip(address) = server.address else { unreachable!("names are resolved on tokio") };
+            let first = &connecting.first;
             let attempt = TcpStream::connect(address).and_then(|mut stream| {
                 stream.set_nodelay(true)?;
-                registry.register(&mut stream, Token(key.slot * 2 + 1), Interest::READABLE | Interest::WRITABLE)?;
-                Ok(stream)
+                // A server on this host or a near one has mostly answered the
+                // SYN before connect returns: the first bytes then go at once,
+                // not a turn of the loop later. Before that a send is EAGAIN.
+                let written = match (&stream).write(first) {
+                    Ok(n) => Some(n),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => None,
+                    Err(e) => return Err(e),
+                };
+                let mut ready = Ready::connected();
+                let mut interest = Interest::READABLE;
+                if written != Some(first.len()) {
+                    ready = Ready { watching_write: true, ..Ready::default() };
+                    interest |= Interest::WRITABLE;
+                }
+                registry.register(&mut stream, Token(key.slot * 2 + 1), interest)?;
+                Ok((stream, ready, written))
             });
             match attempt {
-                Ok(stream) => {
+                Ok((stream, ready, written)) => {
                     connecting.since = now;
-                    conn.server = Some(Upstream { stream, ready: Ready::default(), address, index, _slot: slot });
-                    let deadline = now + backend.connect_timeout;
-                    self.set_deadline(key, Some(deadline));
-                    return Ok(());
+                    conn.server = Some(Upstream { stream, ready, address, index, _slot: slot });
+                    if written.is_none() {
+                        let deadline = now + backend.connect_timeout;
+                        self.set_deadline(key, Some(deadline));
+                    }
+                    return Ok(written);
                 }
                 Err(error) if crate::limits::is_local_resource_error(&error) => {
                     return Err(Refusal::Backend(ConnectError::Local { error }));
@@ -753,13 +812,16 @@ impl Engine {
             connecting.last = Some((server.address.to_string(), error));
         }
         conn.server = None;
-        if let Err(refusal) = self.connect_next(key) {
-            self.close(key, Err(refusal));
+        match self.connect_next(key) {
+            Ok(Some(written)) => self.connected(key, written),
+            Ok(None) => {}
+            Err(refusal) => self.close(key, Err(refusal)),
         }
     }
 
-    /// Connected: the PROXY header and the bytes read go first, then the relay.
-    fn connected(&mut self, key: Key) {
+    /// Connected, with the first `written` bytes of what goes first sent: the
+    /// rest of the PROXY header and the bytes read, then the relay.
+    fn connected(&mut self, key: Key, written: usize) {
         let now = self.now;
         let metrics = self.shared.metrics.clone();
         let conn = self.conn(key).expect("driven");
@@ -770,14 +832,10 @@ impl Engine {
         let route = conn.route.as_ref().expect("routed");
         let server = conn.server.as_ref().expect("connected");
         route.backend.servers[server.index].connected(&metrics, now.duration_since(connecting.since));
-        let (client, local) = conn.addresses;
-        let already_read = &connecting.already_read;
-        let first = proxy_header::encode_before(route.backend.proxy_protocol, client, local, already_read);
-        conn.moved[0] += already_read.len() as u64;
-        drop(connecting);
+        conn.moved[0] += connecting.already_read as u64;
         let idle = conn.config.timeouts.idle;
         conn.step = Step::Relaying(Box::new(Relay {
-            up: Direction { held: Held::Bytes(first, 0), done: false },
+            up: Direction { held: Held::Bytes(connecting.first, written), done: false },
             down: Direction::default(),
             last_activity: now,
             write_error: None,
