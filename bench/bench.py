@@ -34,6 +34,7 @@ TUNNEL_PROFILE = TUNNEL and E.get("BENCH_PROFILE") == "1"
 BASELINE = (E.get("SNI_EDGE_BASELINE") or None) if not TUNNEL else None
 # "conn": the new-connection figures only (TTFB, rates, CPU and context switches per connection,
 # system calls per connection); no bulk, no memory, profile of sni-edge's handshakes only.
+# "bulk": the downloads only, on gateways that have carried no connection load before them.
 ONLY = E.get("BENCH_ONLY", "")
 # Instructions per connection of each sni-edge binary under valgrind's callgrind (slow; opt-in).
 CALLGRIND = E.get("BENCH_CALLGRIND") == "1"
@@ -699,7 +700,7 @@ def main():
 
     # 1. New connections: TTFB (targets in turn, connection by connection), rate, gateway CPU per
     #    connection.
-    for rep in range(REPS):
+    for rep in range(0 if ONLY == "bulk" else REPS):
         for pad in PADS:
             out = ns_run(in_ns(NS_C, 0, [f"{WORK}/tlsload", "ttfb", SNI, str(TTFB_ROUNDS), str(pad)]
                                + [f"{ip}:{port}" for _, ip, port in TARGETS]),
@@ -755,6 +756,12 @@ def main():
                 if name in home_pids:
                     add(name, f"bulk{n}_home_cpu_gb", (c1[1] - c0[1]) / (size / 1e9))
                 log(f"bulk rep {rep + 1}/{REPS} x{n} {name}: {size / wall / 1e6:.0f} MB/s")
+
+    if ONLY == "bulk":
+        finished_at = datetime.datetime.now(datetime.timezone.utc)
+        load_end = open("/proc/loadavg").read().split()[:3]
+        report(R, segs, started_at, finished_at, load_start, load_end, "")
+        return
 
     # 3. Memory per idle connection (one gateway at a time; a tunnel's gateway and home sides).
     for name, ip, port in GATEWAYS:
@@ -1262,7 +1269,7 @@ def report(R, segs, started_at, finished_at, load_start, load_end, profile):
                   f"(the padded ClientHello is ~{PAD + 500} bytes and crosses a segment boundary).")
     text = f"""# sni-edge {'tunnel ' if TUNNEL else ''}benchmark, {date}
 
-Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}{', new connections only (BENCH_ONLY=conn)' if ONLY == 'conn' else ''}{f', far side (backend, home) on CPU {FAR_CPU} (BENCH_FAR_CPU)' if FAR_CPU != 1 else ''}.
+Run {started_at.strftime('%Y-%m-%d %H:%M')}–{finished_at.strftime('%H:%M')} UTC ({mins:.1f} min){', QUICK mode (not for publishing)' if QUICK else ''}{', new connections only (BENCH_ONLY=conn)' if ONLY == 'conn' else ''}{', downloads only (BENCH_ONLY=bulk)' if ONLY == 'bulk' else ''}{f', far side (backend, home) on CPU {FAR_CPU} (BENCH_FAR_CPU)' if FAR_CPU != 1 else ''}.
 Produced by `sudo {'BENCH_SUITE=tunnel ' if TUNNEL else ''}bench/run.sh`; method in bench/README.md.
 
 {chr(10).join('- ' + v for v in versions())}
@@ -1296,7 +1303,7 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
     layout = "" if FAR_CPU == 1 else f"FAR{FAR_CPU}-"
     partial = QUICK or ONLY
     if partial:
-        name = f"{'QUICK' if QUICK else 'CONN'}-{'TUNNEL-' if TUNNEL else ''}{layout}{date}.md"
+        name = f"{'QUICK' if QUICK else ONLY.upper()}-{'TUNNEL-' if TUNNEL else ''}{layout}{date}.md"
     else:
         name = f"{'TUNNEL-' if TUNNEL else 'RESULTS-'}{layout}{date}.md"
     path = f"{BENCH_DIR}/results/{name}"

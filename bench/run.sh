@@ -12,6 +12,7 @@
 #                                measured in the same rounds (before/after a change; gateways suite)
 #   BENCH_ONLY=conn bench/run.sh the new-connection figures only (TTFB, rates, CPU, context switches,
 #                                system calls per connection); BENCH_CALLGRIND=1 adds instructions
+#   BENCH_ONLY=bulk bench/run.sh the downloads only, on gateways that carried no connections first
 #
 # Environment: SNI_EDGE (use this binary, skip the build), CARGO_TARGET_DIR (where to build;
 # default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
@@ -139,7 +140,7 @@ if [ -n "${SNI_EDGE_BASELINE:-}" ]; then
   [ -x "$SNI_EDGE_BASELINE" ] || die "SNI_EDGE_BASELINE=$SNI_EDGE_BASELINE is not an executable"
   SNI_EDGE_BASELINE=$(realpath "$SNI_EDGE_BASELINE")
 fi
-case ${BENCH_ONLY:-} in ''|conn) ;; *) die "BENCH_ONLY=$BENCH_ONLY: the only partial run is BENCH_ONLY=conn" ;; esac
+case ${BENCH_ONLY:-} in ''|conn|bulk) ;; *) die "BENCH_ONLY=$BENCH_ONLY: the partial runs are BENCH_ONLY=conn and BENCH_ONLY=bulk" ;; esac
 case ${BENCH_REPS:-3} in *[!0-9]*|0*) die "BENCH_REPS=$BENCH_REPS: expected a number of rounds, 1 or more" ;; esac
 case ${BENCH_FAR_CPU:-1} in 0|1) ;; *) die "BENCH_FAR_CPU=$BENCH_FAR_CPU: expected 0 or 1 (this machine's CPUs)" ;; esac
 gcc -O2 -Wall -o "$WORK/tlsload" "$BENCH_DIR/tlsload.c" -lssl -lcrypto || die "compiling tlsload"
