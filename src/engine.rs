@@ -758,7 +758,7 @@ impl Engine {
             let first = &connecting.first;
             let attempt = TcpStream::connect(address).and_then(|mut stream| {
                 stream.set_nodelay(true)?;
-                // A server on this host or a near one has mostly answered the
+                // A server on this host or a near one has usually answered the
                 // SYN before connect returns: the first bytes then go at once,
                 // not a turn of the loop later. Before that a send is EAGAIN.
                 let written = match (&stream).write(first) {
@@ -766,12 +766,12 @@ impl Engine {
                     Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => None,
                     Err(e) => return Err(e),
                 };
-                let mut ready = Ready::connected();
-                let mut interest = Interest::READABLE;
-                if written != Some(first.len()) {
-                    ready = Ready { watching_write: true, ..Ready::default() };
-                    interest |= Interest::WRITABLE;
-                }
+                // Until all is sent, epoll says when the connect ends or there is room.
+                let (ready, interest) = if written == Some(first.len()) {
+                    (Ready::connected(), Interest::READABLE)
+                } else {
+                    (Ready { watching_write: true, ..Ready::default() }, Interest::READABLE | Interest::WRITABLE)
+                };
                 registry.register(&mut stream, Token(key.slot * 2 + 1), interest)?;
                 Ok((stream, ready, written))
             });
