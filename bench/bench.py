@@ -1298,7 +1298,7 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
 ```
 """
     # A quick run is a smoke test: it must not replace the day's published results.
-    # Nor must a partial one (BENCH_ONLY=conn).
+    # Nor must a partial one (BENCH_ONLY=conn or bulk).
     # Another layout gets its own name, so that it stands beside the day's run in the default one.
     layout = "" if FAR_CPU == 1 else f"FAR{FAR_CPU}-"
     partial = QUICK or ONLY
