@@ -736,12 +736,15 @@ def main():
                     log(f"rate rep {rep + 1}/{REPS} pad={pad} c={conc} {name}: {r['rate']:.0f}/s "
                         f"err={r['err']:.0f} ttfb p50={r['ttfb_p50_us']:.0f}us p99={r['ttfb_p99_us']:.0f}us")
 
-    if ONLY == "conn":
-        profile = (profile_runs(procs, home) if PROFILE or TUNNEL_PROFILE else "") + connection_counts(pids, R)
-        finished_at = datetime.datetime.now(datetime.timezone.utc)
+    def finish(profiled=True):
+        """The profile and the per-connection counts (outside the figures), then the report."""
+        profile = ((profile_runs(procs, home) if PROFILE or TUNNEL_PROFILE else "") + connection_counts(pids, R)
+                   if profiled else "")
         load_end = open("/proc/loadavg").read().split()[:3]
-        report(R, segs, started_at, finished_at, load_start, load_end, profile)
-        return
+        report(R, segs, started_at, datetime.datetime.now(datetime.timezone.utc), load_start, load_end, profile)
+
+    if ONLY == "conn":
+        return finish()
 
     # 2. Bulk throughput and gateway CPU per GB, rounds rotated as the rates' are.
     for rep in range(REPS):
@@ -758,10 +761,7 @@ def main():
                 log(f"bulk rep {rep + 1}/{REPS} x{n} {name}: {size / wall / 1e6:.0f} MB/s")
 
     if ONLY == "bulk":
-        finished_at = datetime.datetime.now(datetime.timezone.utc)
-        load_end = open("/proc/loadavg").read().split()[:3]
-        report(R, segs, started_at, finished_at, load_start, load_end, "")
-        return
+        return finish(profiled=False)
 
     # 3. Memory per idle connection (one gateway at a time; a tunnel's gateway and home sides).
     for name, ip, port in GATEWAYS:
@@ -801,11 +801,7 @@ def main():
             time.sleep(0.1)
 
     # 4. Profile sni-edge (and HAProxy for bulk) with perf, outside the figures.
-    profile = (profile_runs(procs, home) if PROFILE or TUNNEL_PROFILE else "") + connection_counts(pids, R)
-
-    finished_at = datetime.datetime.now(datetime.timezone.utc)
-    load_end = open("/proc/loadavg").read().split()[:3]
-    report(R, segs, started_at, finished_at, load_start, load_end, profile)
+    finish()
 
 
 def profile_runs(procs, home=None):

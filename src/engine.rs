@@ -680,7 +680,8 @@ impl Engine {
     /// Asks epoll to report writability of a socket whose write would block.
     fn watch_writes(&mut self, key: Key) -> io::Result<()> {
         let registry = self.poll.registry();
-        let Some(conn) = self.conns.get_mut(key.slot).and_then(Option::as_mut) else { return Ok(()) };
+        let conn = self.conns.get_mut(key.slot).and_then(Option::as_mut);
+        let Some(conn) = conn.filter(|c| c.generation == key.generation) else { return Ok(()) };
         let both = Interest::READABLE | Interest::WRITABLE;
         if !conn.client_ready.write && !conn.client_ready.watching_write {
             registry.reregister(&mut conn.client, Token(key.slot * 2), both)?;
