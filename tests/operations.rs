@@ -587,23 +587,33 @@ async fn a_stop_closes_a_stalled_connection_at_the_drain_deadline() {
 }
 
 // ---------------------------------------------------------------------------
-// Limits. Clients connect in order and the server admits them in order on
-// the current-thread runtime, so idle connections opened first are counted
-// before the client that follows them.
+// Limits. TLS connections are accepted by the connection engines on threads
+// of their own, so a connect that returned is not yet a counted connection:
+// each test waits until the gateway counts what it holds (`admitted`) before
+// it tries the connection that meets the limit.
+
+/// Waits until the gateway counts `count` open connections (its metrics
+/// listen on `metrics`).
+async fn admitted(metrics: SocketAddr, count: usize) {
+    wait_for(metrics, "sni_edge_active_connections{}", count as f64).await;
+}
 
 #[tokio::test]
 async fn a_full_pending_pool_closes_the_oldest_of_the_biggest_holder() {
     let (app, mut app_got) = Backend::recording().await;
+    let metrics = free_port();
     let gw = Gateway::start(|tls, http| {
         let mut config = app_only(tls, http, app.addr);
         config["limits"] = json!({ "max_pending_handshakes": 50, "max_pending_per_client": 100 });
         config["timeouts"] = json!({ "client_hello": "60s", "http_request": "60s" });
+        config["metrics"] = json!({ "address": metrics.to_string() });
         config.to_string()
     })
     .await;
     // 127.0.0.1 fills both listeners' pools.
     let idle = hold(50, gw.tls, b"").await;
     let idle_http = hold(50, gw.http, b"").await;
+    admitted(metrics, 100).await;
     // A newcomer is not refused: 127.0.0.1's oldest pending connection on
     // that listener makes room, and nothing on the other listener moves.
     let other: IpAddr = "127.0.0.2".parse().unwrap();
@@ -619,14 +629,17 @@ async fn a_full_pending_pool_closes_the_oldest_of_the_biggest_holder() {
 #[tokio::test]
 async fn max_pending_per_client_refuses_that_client_only() {
     let (app, _app_got) = Backend::recording().await;
+    let metrics = free_port();
     let gw = Gateway::start(|tls, http| {
         let mut config = app_only(tls, http, app.addr);
         config["limits"] = json!({ "max_pending_per_client": 5 });
         config["timeouts"] = json!({ "client_hello": "60s" });
+        config["metrics"] = json!({ "address": metrics.to_string() });
         config.to_string()
     })
     .await;
     let idle = hold(5, gw.tls, b"").await;
+    admitted(metrics, 5).await;
     assert_eq!(attempt(gw.tls, &app_hello()).await, Got::Answer(vec![]), "a 6th pending connection of one client");
     assert_eq!(app.accepted(), 0);
     let other: IpAddr = "127.0.0.2".parse().unwrap();
@@ -674,14 +687,17 @@ async fn a_thousand_slow_clients_do_not_stop_a_normal_one() {
 #[tokio::test]
 async fn max_connections_per_client_refuses_that_client_only() {
     let (app, _app_got) = Backend::recording().await;
+    let metrics = free_port();
     let gw = Gateway::start(|tls, http| {
         let mut config = app_only(tls, http, app.addr);
         config["limits"] = json!({ "max_connections_per_client": 3 });
         config["timeouts"] = json!({ "client_hello": "60s" });
+        config["metrics"] = json!({ "address": metrics.to_string() });
         config.to_string()
     })
     .await;
     let idle = hold(3, gw.tls, b"").await;
+    admitted(metrics, 3).await;
     assert_eq!(attempt(gw.tls, &app_hello()).await, Got::Answer(vec![]), "a 4th connection from one client");
     assert_eq!(app.accepted(), 0);
     // Another client address is not held to 127.0.0.1's count.
