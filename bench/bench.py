@@ -5,7 +5,7 @@ Starts the backend and the four gateways, runs every load against every target i
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR,
-SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_HOLD, BENCH_REPS. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
+SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_BATCH, BENCH_HOLD, BENCH_REPS. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
 mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
 tunnel behind a home firewall that drops every inbound connection; the loads are the same.
 """
@@ -71,6 +71,15 @@ NICE = E.get("BENCH_NICE", "-10")
 # gateways, as when the backend or home is another machine (latency figures; CPU 0 is then shared).
 FAR_CPU = int(E.get("BENCH_FAR_CPU") or 1)
 
+# BENCH_BATCH=1 (gateways suite) adds the column "sni-edge-batch": the sni-edge binary on the
+# SCHED_BATCH policy (`chrt -b 0`, systemd's CPUSchedulingPolicy=batch). A task on it does not
+# preempt the one running on its CPU when it wakes: here the backend, which shares CPU 1 with the
+# gateways. Measured on a held topology: half the CPU per connection and per GB, 60 to 100 µs more
+# added TTFB (bench/results/ISSUE-12-NOTES.md). The column puts both policies in one run.
+BATCH = E.get("BENCH_BATCH") == "1" and not TUNNEL
+# How an sni-edge target is started, before its binary.
+LAUNCH = {"sni-edge-batch": ["chrt", "-b", "0"]}
+
 # name, address, port the client connects to
 if TUNNEL:
     TARGETS = [("direct", BE, 8443), ("sni-edge", GW, 443), ("sni-edge-tunnel", GW, 444), ("ssh", GW, 445),
@@ -82,10 +91,13 @@ else:
                ("sniproxy", GW, 446)]
     if BASELINE:
         TARGETS.insert(2, ("sni-edge-before", GW, 447))
+    if BATCH:
+        TARGETS.insert(2, ("sni-edge-batch", GW, 451))
     PEER = "haproxy"
     PADS, BULK = (0, PAD), (1, PARALLEL)
 # The sni-edge binaries in direct mode (one config each, from sni_edge_conf; callgrind measures these).
-BINARY = {"sni-edge": SNI_EDGE, **({"sni-edge-before": BASELINE} if BASELINE else {})}
+BINARY = {"sni-edge": SNI_EDGE, **({"sni-edge-before": BASELINE} if BASELINE else {}),
+          **({"sni-edge-batch": SNI_EDGE} if BATCH else {})}
 SNI_EDGES = [t for t in TARGETS if t[0] in BINARY]
 COLUMNS = [t[0] for t in TARGETS]  # the table's columns, including a target skipped at run time
 SKIPPED = {}                       # target -> why it was not measured
@@ -550,10 +562,10 @@ def tunnel_checks():
 
 
 def run_sni_edge(name, ns, cpu, binary, config, *listens):
-    """`binary run --config config` once `binary check` accepts the config, waited for until it
-    listens on every (address, port) of `listens`."""
+    """`binary run --config config` (after LAUNCH's prefix for `name`, if any) once `binary check`
+    accepts the config, waited for until it listens on every (address, port) of `listens`."""
     run_ok([binary, "check", "--config", config], f"{name} check")
-    p = start(name, ns, cpu, [binary, "run", "--config", config])
+    p = start(name, ns, cpu, LAUNCH.get(name, []) + [binary, "run", "--config", config])
     for ip, port in listens:
         wait_listen(name, ns, ip, port, p)
     return p
@@ -967,9 +979,15 @@ def connection_counts(pids, R):
     rows, notes = [], []
     for name, ip, port in GATEWAYS:
         pl = pids[name]()  # a tunnel's gateway side
-        cells = []
+        cells, sent = [], "–"
         for conc in (1, 64):
+            segs = tcp_out_segs(NS_G)
             c, n = syscall_tally(pl, lambda: tlsload("rate", ip, port, SNI, conc, 60, COUNT_CONNS, 0)["ok"])
+            if conc == 1 and n:
+                # Only this gateway carries traffic in its namespace meanwhile: both legs' segments.
+                per = (tcp_out_segs(NS_G) - segs) / n
+                sent = f"{per:.2f}"
+                R[name].setdefault("segs_c1", []).append(per)
             if n:
                 R[name].setdefault(f"sys_c{conc}", []).append({k: v / n for k, v in c.items()})
             total = sum(c.values()) / n if n else 0
@@ -981,12 +999,13 @@ def connection_counts(pids, R):
             ir = f"{per:,.0f}" if per else "–"
             notes.append(f"**{name}**, callgrind: instructions per connection in each function's own code:"
                          f"\n\n```\n{top}\n```\n")
-        rows.append(f"| {name} | {cells[0]} | {cells[1]} | {ir} |")
+        rows.append(f"| {name} | {cells[0]} | {cells[1]} | {sent} | {ir} |")
         log(f"counted {name}")
-    return ("\n**Per new connection** (system calls counted by perf stat over %d connections, every thread; user-space instructions "
-            "from callgrind with BENCH_CALLGRIND=1; outside the figures)\n\n"
-            "| Gateway | system calls, 1 client | system calls, 64 clients | instructions (user space) |\n"
-            "|---|---|---|---:|\n" % COUNT_CONNS + "\n".join(rows) + "\n\n" + "\n".join(notes))
+    return ("\n**Per new connection** (system calls counted by perf stat over %d connections, every thread; TCP segments the "
+            "gateway sent to client and server, from its namespace's counters; user-space instructions from callgrind "
+            "with BENCH_CALLGRIND=1; outside the figures)\n\n"
+            "| Gateway | system calls, 1 client | system calls, 64 clients | TCP segments sent, 1 client | instructions (user space) |\n"
+            "|---|---|---|---:|---:|\n" % COUNT_CONNS + "\n".join(rows) + "\n\n" + "\n".join(notes))
 
 
 def traced(pids, load):
@@ -1235,7 +1254,8 @@ def versions():
              else [f"sniproxy: {run(['sniproxy', '-V'])}"])
     return [
         f"sni-edge: git {rev}{' + uncommitted changes in src/' if dirty else ''} ({run([SNI_EDGE, '--version'])})",
-    ] + ([f"sni-edge-before (×b): {built_from(BASELINE)} ({run([BASELINE, '--version'])})"] if BASELINE else []) + [
+    ] + ([f"sni-edge-before (×b): {built_from(BASELINE)} ({run([BASELINE, '--version'])})"] if BASELINE else []) + (
+        ["sni-edge-batch: the sni-edge binary on the SCHED_BATCH policy (chrt -b 0)"] if BATCH else []) + [
         f"HAProxy: {run(['haproxy', '-v'])}",
         f"nginx: {run(['nginx', '-v'])}",
         *peers,

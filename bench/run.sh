@@ -13,6 +13,7 @@
 #   BENCH_ONLY=conn bench/run.sh the new-connection figures only (TTFB, rates, CPU, context switches,
 #                                system calls per connection); BENCH_CALLGRIND=1 adds instructions
 #   BENCH_ONLY=bulk bench/run.sh the downloads only, on gateways that carried no connections first
+#   BENCH_BATCH=1 bench/run.sh   adds a column "sni-edge-batch": sni-edge on SCHED_BATCH (chrt -b 0)
 #
 # Environment: SNI_EDGE (use this binary, skip the build), CARGO_TARGET_DIR (where to build;
 # default target/ in the repo), BENCH_NO_PROFILE=1 (skip the perf profile of sni-edge),
