@@ -74,9 +74,10 @@ FAR_CPU = int(E.get("BENCH_FAR_CPU") or 1)
 # BENCH_BATCH=1 (gateways suite) adds the column "sni-edge-batch": the sni-edge binary on the
 # SCHED_BATCH policy (`chrt -b 0`, systemd's CPUSchedulingPolicy=batch). A task on it does not
 # preempt the one running on its CPU when it wakes: here the backend, which shares CPU 1 with the
-# gateways. Measured on a held topology: half the CPU per connection and per GB, 60 to 100 µs more
-# added TTFB (bench/results/ISSUE-12-NOTES.md). The column puts both policies in one run.
-BATCH = E.get("BENCH_BATCH") == "1" and not TUNNEL
+# gateways. Measured (bench/results/RESULTS-2026-11-29-batch.md): about 0.6× the CPU per connection,
+# a third to two fifths of the CPU per GB, 100 to 110 µs more added TTFB. run.sh refuses it with the
+# tunnel suite.
+BATCH = E.get("BENCH_BATCH") == "1"
 # How an sni-edge target is started, before its binary.
 LAUNCH = {"sni-edge-batch": ["chrt", "-b", "0"]}
 
@@ -985,9 +986,9 @@ def connection_counts(pids, R):
             c, n = syscall_tally(pl, lambda: tlsload("rate", ip, port, SNI, conc, 60, COUNT_CONNS, 0)["ok"])
             if conc == 1 and n:
                 # Only this gateway carries traffic in its namespace meanwhile: both legs' segments.
-                per = (tcp_out_segs(NS_G) - segs) / n
-                sent = f"{per:.2f}"
-                R[name].setdefault("segs_c1", []).append(per)
+                segs = (tcp_out_segs(NS_G) - segs) / n
+                sent = f"{segs:.2f}"
+                R[name].setdefault("segs_c1", []).append(segs)
             if n:
                 R[name].setdefault(f"sys_c{conc}", []).append({k: v / n for k, v in c.items()})
             total = sum(c.values()) / n if n else 0

@@ -48,6 +48,8 @@ case $SUITE in gateways|tunnel) ;; *) die "BENCH_SUITE=$SUITE: expected gateways
 # The tunnel suite compares ways to reach home, not two builds: a second column would measure only
 # the baseline's direct mode.
 [ "$SUITE" = tunnel ] && [ -n "${SNI_EDGE_BASELINE:-}" ] && die "SNI_EDGE_BASELINE is for the gateways suite, not BENCH_SUITE=tunnel"
+case ${BENCH_BATCH:-0} in 0) ;; 1) [ "$SUITE" = tunnel ] && die "BENCH_BATCH is for the gateways suite, not BENCH_SUITE=tunnel" ;;
+  *) die "BENCH_BATCH=$BENCH_BATCH: expected 0 or 1" ;; esac
 
 # --- packages ---------------------------------------------------------------------------------
 ensure_packages() {
