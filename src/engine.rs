@@ -270,6 +270,21 @@ impl Ready {
         Ready { write: true, ..Ready::default() }
     }
 
+    /// A socket whose connect or first write has not finished: epoll says
+    /// when it is writable.
+    fn watched() -> Ready {
+        Ready { watching_write: true, ..Ready::default() }
+    }
+
+    /// What epoll is asked to report for the socket.
+    fn interest(&self) -> Interest {
+        if self.watching_write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+
     fn seen(&mut self, event: &mio::event::Event) {
         self.read_closed |= event.is_read_closed();
         self.failed |= event.is_error() || event.is_write_closed();
@@ -546,11 +561,12 @@ impl Engine {
         let budget = config.limits.max_buffered_bytes;
         let deadline = self.now + config.timeouts.client_hello;
         let mut client = stream;
-        let registered = self.poll.registry().register(&mut client, Token(slot * 2), Interest::READABLE);
+        let client_ready = Ready::connected();
+        let registered = self.poll.registry().register(&mut client, Token(slot * 2), client_ready.interest());
         let conn = Conn {
             generation,
             client,
-            client_ready: Ready::connected(),
+            client_ready,
             peer,
             addresses: (peer, local),
             listener,
@@ -682,14 +698,13 @@ impl Engine {
         let registry = self.poll.registry();
         let conn = self.conns.get_mut(key.slot).and_then(Option::as_mut);
         let Some(conn) = conn.filter(|c| c.generation == key.generation) else { return Ok(()) };
-        let both = Interest::READABLE | Interest::WRITABLE;
         if !conn.client_ready.write && !conn.client_ready.watching_write {
-            registry.reregister(&mut conn.client, Token(key.slot * 2), both)?;
             conn.client_ready.watching_write = true;
+            registry.reregister(&mut conn.client, Token(key.slot * 2), conn.client_ready.interest())?;
         }
         if let Some(server) = conn.server.as_mut().filter(|s| !s.ready.write && !s.ready.watching_write) {
-            registry.reregister(&mut server.stream, Token(key.slot * 2 + 1), both)?;
             server.ready.watching_write = true;
+            registry.reregister(&mut server.stream, Token(key.slot * 2 + 1), server.ready.interest())?;
         }
         Ok(())
     }
@@ -768,12 +783,8 @@ impl Engine {
                     Err(e) => return Err(e),
                 };
                 // Until all is sent, epoll says when the connect ends or there is room.
-                let (ready, interest) = if written == Some(first.len()) {
-                    (Ready::connected(), Interest::READABLE)
-                } else {
-                    (Ready { watching_write: true, ..Ready::default() }, Interest::READABLE | Interest::WRITABLE)
-                };
-                registry.register(&mut stream, Token(key.slot * 2 + 1), interest)?;
+                let ready = if written == Some(first.len()) { Ready::connected() } else { Ready::watched() };
+                registry.register(&mut stream, Token(key.slot * 2 + 1), ready.interest())?;
                 Ok((stream, ready, written))
             });
             match attempt {
