@@ -22,6 +22,7 @@ import time
 E = os.environ
 WORK, NS_C, NS_G, NS_B = E["WORK"], E["NS_C"], E["NS_G"], E["NS_B"]
 SNI_EDGE, REPO, BENCH_DIR = E["SNI_EDGE"], E["REPO"], E["BENCH_DIR"]
+BUILT_HERE = E.get("SNI_EDGE_BUILT") == "1"  # run.sh built SNI_EDGE from this work tree
 TUNNEL = E.get("BENCH_SUITE", "gateways") == "tunnel"
 NS_H, RATHOLE = E.get("NS_H", ""), E.get("RATHOLE", "")
 QUICK = E.get("BENCH_QUICK") == "1"
@@ -1253,8 +1254,10 @@ def versions():
     peers = ([f"OpenSSH: {run(['ssh', '-V'])}; autossh: {run(['autossh', '-V'])}",
               f"rathole: {rathole_version()} (Noise transport)"] if TUNNEL
              else [f"sniproxy: {run(['sniproxy', '-V'])}"])
+    # A binary given with SNI_EDGE may come from any revision: named as the baseline is.
+    built = f"git {rev}{' + uncommitted changes in src/' if dirty else ''}" if BUILT_HERE else built_from(SNI_EDGE)
     return [
-        f"sni-edge: git {rev}{' + uncommitted changes in src/' if dirty else ''} ({run([SNI_EDGE, '--version'])})",
+        f"sni-edge: {built} ({run([SNI_EDGE, '--version'])})",
     ] + ([f"sni-edge-before (×b): {built_from(BASELINE)} ({run([BASELINE, '--version'])})"] if BASELINE else []) + (
         ["sni-edge-batch: the sni-edge binary on the SCHED_BATCH policy (chrt -b 0)"] if BATCH else []) + [
         f"HAProxy: {run(['haproxy', '-v'])}",

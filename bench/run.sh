@@ -130,6 +130,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the gateway binary and the load generator ------------------------------------------------
+SNI_EDGE_BUILT=0
 if [ -n "${SNI_EDGE:-}" ]; then
   [ -x "$SNI_EDGE" ] || die "SNI_EDGE=$SNI_EDGE is not an executable"
 else
@@ -138,6 +139,8 @@ else
   (cd "$REPO" && cargo build --release -q) || die "cargo build failed"
   SNI_EDGE=${CARGO_TARGET_DIR:-$REPO/target}/release/sni-edge
   [ -x "$SNI_EDGE" ] || die "no binary at $SNI_EDGE"
+  # Built here from the work tree: results name it by the work tree's revision.
+  SNI_EDGE_BUILT=1
 fi
 if [ -n "${SNI_EDGE_BASELINE:-}" ]; then
   [ -x "$SNI_EDGE_BASELINE" ] || die "SNI_EDGE_BASELINE=$SNI_EDGE_BASELINE is not an executable"
@@ -208,5 +211,5 @@ chmod 755 "$WORK/tls"; chmod 644 "$WORK/tls/"*
 
 # --- measure ----------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-export WORK NS_C NS_G NS_B NS_H SNI_EDGE SNI_EDGE_BASELINE REPO BENCH_DIR RATHOLE BENCH_SUITE=$SUITE
+export WORK NS_C NS_G NS_B NS_H SNI_EDGE SNI_EDGE_BUILT SNI_EDGE_BASELINE REPO BENCH_DIR RATHOLE BENCH_SUITE=$SUITE
 python3 "$BENCH_DIR/bench.py"
