@@ -317,11 +317,21 @@ async fn many_concurrent_streams_share_one_session() {
 #[tokio::test]
 async fn a_stalled_stream_does_not_block_another() {
     const SIZE: usize = 24 << 20; // more than the session's whole window
-    let target = Backend::start(|mut stream| async move {
-        let _ = stream.write_all(&noise(3, SIZE)).await;
-        let _ = stream.shutdown().await;
-        let mut sink = Vec::new();
-        let _ = stream.read_to_end(&mut sink).await;
+
+    // The target's own write errors, so that a stream cut between agent and
+    // target (which reaches the client as a clean, short stream) says so.
+    let write_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let errors = write_errors.clone();
+    let target = Backend::start(move |mut stream| {
+        let errors = errors.clone();
+        async move {
+            if let Err(e) = stream.write_all(&noise(3, SIZE)).await {
+                errors.lock().unwrap().push(e.to_string());
+            }
+            let _ = stream.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        }
     })
     .await;
     let (gw, agent) = one_agent("stall", target.addr, "none").await;
@@ -341,7 +351,12 @@ async fn a_stalled_stream_does_not_block_another() {
     // (once under qemu this failed with a clean end of stream).
     if got != want {
         let differs = got.iter().zip(&want).position(|(a, b)| a != b);
-        panic!("the second stream got {} bytes of {}; first difference at {differs:?}", got.len(), want.len());
+        let errors = write_errors.lock().unwrap().clone();
+        panic!(
+            "the second stream got {} bytes of {}; first difference at {differs:?}; the target's write errors: {errors:?}",
+            got.len(),
+            want.len()
+        );
     }
     drop(stalled);
     agent.stop().await;
