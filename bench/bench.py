@@ -4,7 +4,7 @@
 Starts the backend and the four gateways, runs every load against every target in
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
-in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE REPO BENCH_DIR,
+in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE SNI_EDGE_BUILT REPO BENCH_DIR,
 SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_BATCH, BENCH_HOLD, BENCH_REPS. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
 mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
 tunnel behind a home firewall that drops every inbound connection; the loads are the same.
@@ -1231,12 +1231,18 @@ def rathole_version():
     return got.group(1) if got else "unknown"
 
 
-def built_from(binary):
-    """The git revision of the work tree a binary was built in, else its file name: results name
-    builds, not this machine's paths."""
-    where = os.path.dirname(os.path.realpath(binary))
+def built_from(binary, tree=None):
+    """What a binary was built from: the git revision of `tree` (where run.sh built it) or else of
+    the work tree the binary sits in, marked when that tree's sources differ from it; else the
+    binary's file name. Results name builds, not this machine's paths."""
+    where = tree or os.path.dirname(os.path.realpath(binary))
     r = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return f"git {r.stdout.strip()}" if r.returncode == 0 else os.path.basename(binary)
+    if r.returncode != 0:
+        return os.path.basename(binary)
+    # Top-level pathspecs (":/"), so that they mean the same from a binary's directory.
+    dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", ":/src", ":/Cargo.toml", ":/Cargo.lock"],
+                           capture_output=True, text=True).stdout.strip()
+    return f"git {r.stdout.strip()}{' + uncommitted changes in src/' if dirty else ''}"
 
 
 def versions():
@@ -1246,18 +1252,14 @@ def versions():
             return (r.stdout + r.stderr).strip().splitlines()[0]
         except Exception as e:  # noqa: BLE001 - a version line is best effort
             return f"unknown ({e})"
-    rev = run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
-                           capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
     peers = ([f"OpenSSH: {run(['ssh', '-V'])}; autossh: {run(['autossh', '-V'])}",
               f"rathole: {rathole_version()} (Noise transport)"] if TUNNEL
              else [f"sniproxy: {run(['sniproxy', '-V'])}"])
-    # A binary given with SNI_EDGE may come from any revision: named as the baseline is.
-    built = f"git {rev}{' + uncommitted changes in src/' if dirty else ''}" if BUILT_HERE else built_from(SNI_EDGE)
     return [
-        f"sni-edge: {built} ({run([SNI_EDGE, '--version'])})",
+        # A binary given with SNI_EDGE may come from any revision: named as the baseline is.
+        f"sni-edge: {built_from(SNI_EDGE, REPO if BUILT_HERE else None)} ({run([SNI_EDGE, '--version'])})",
     ] + ([f"sni-edge-before (×b): {built_from(BASELINE)} ({run([BASELINE, '--version'])})"] if BASELINE else []) + (
         ["sni-edge-batch: the sni-edge binary on the SCHED_BATCH policy (chrt -b 0)"] if BATCH else []) + [
         f"HAProxy: {run(['haproxy', '-v'])}",
