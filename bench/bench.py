@@ -5,7 +5,7 @@ Starts the backend and the four gateways, runs every load against every target i
 interleaved rounds (so noise on a shared machine spreads over all targets alike), takes
 medians, prints one table and writes bench/results/RESULTS-<date>.md. Every load is bounded
 in count and in time. Environment (set by run.sh): WORK NS_C NS_G NS_B SNI_EDGE SNI_EDGE_BUILT REPO BENCH_DIR,
-SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_BATCH, BENCH_HOLD, BENCH_REPS. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
+SNI_EDGE_BASELINE (gateways suite), BENCH_SUITE, BENCH_ONLY, BENCH_CALLGRIND, BENCH_PROFILE, BENCH_FAR_CPU, BENCH_BATCH, BENCH_HOLD, BENCH_REPS, BENCH_BULK_MIB. With BENCH_SUITE=tunnel (also NS_H, RATHOLE) the targets are sni-edge's direct
 mode, its tunnel mode (gateway + agent at home), OpenSSH remote forwards and rathole, each
 tunnel behind a home firewall that drops every inbound connection; the loads are the same.
 """
@@ -44,7 +44,10 @@ COUNT_CONNS = 300 if QUICK else 1000   # connections per system-call / instructi
 REPS = 1 if QUICK else int(E.get("BENCH_REPS") or 3)  # runs per figure; the table shows the median
 RATE_SECS = 1.5 if QUICK else 3.0  # one connection-rate run
 RATE_MAX = 200_000                 # connections per rate run, at most
-BIG_MIB = 64 if QUICK else 256     # the large file
+# The large file. 1 GiB: with 256 MiB (0.4 s a download) sni-edge's CPU per GB spread ±30-40 %
+# from round to round (standard deviation of the log, one run); 1 GiB halves that, as rounds
+# then average over the relay's fast and slow phases instead of landing in one.
+BIG_MIB = int(E.get("BENCH_BULK_MIB") or (64 if QUICK else 1024))
 PARALLEL = 4                       # parallel downloads
 # Idle connections held for the memory figure: 10,000, unless the open-files hard limit (which
 # root cannot raise in some containers) leaves a gateway fewer than two descriptors each.
@@ -1213,6 +1216,83 @@ def gateway_verdicts(v, R, check):
               f"≤ {SETUP_BOUND:.0f}: {setup:.2f}")
 
 
+def paired(R):
+    """sni-edge against sni-edge-before round by round: both run in every round, next to each
+    other, so a round's ratio leaves out what the machine did to the whole round. The median of
+    those ratios and the rounds where sni-edge came out better say more than a ratio of medians
+    when rounds swing as much as the downloads do here."""
+    if "sni-edge-before" not in R:
+        return ""
+    rows = []
+    for key, label, _, kind in ROWS:
+        key = key.replace("{PAD}", str(PAD))
+        a, b = R["sni-edge"].get(key), R["sni-edge-before"].get(key)
+        if kind == "info" or not a or not b or len(a) != len(b) or min(b) <= 0:
+            continue
+        if kind == "added":  # the direct path's TTFB in the same round comes off both
+            d = R["direct"].get(key)
+            if not d or len(d) != len(a):
+                continue
+            a, b = [y - z for y, z in zip(a, d)], [y - z for y, z in zip(b, d)]
+            if min(a + b) <= 0:  # noise made an added figure negative: no ratio, as in the table
+                continue
+        ratios = [y / z for y, z in zip(a, b)]
+        higher_is_better = kind == "abs"
+        better = sum((r > 1) if higher_is_better else (r < 1) for r in ratios)
+        rows.append(f"| {label} | {statistics.median(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} "
+                    f"| {better} of {len(ratios)} |")
+    if not rows:
+        return ""
+    return ("## sni-edge against sni-edge-before, round by round\n\n"
+            "Each round's sni-edge figure divided by sni-edge-before's in the same round.\n\n"
+            "| Figure | median of the rounds' ratios | range | rounds where sni-edge is better |\n"
+            "|---|---:|---:|---:|\n" + "\n".join(rows) + "\n\n")
+
+
+# How far sni-edge may fall behind sni-edge-before before a figure counts as a regression: about
+# the resolution of a median of 5 rounds here (the rounds' standard error, 6-11 % for downloads).
+REGRESSION = 0.10
+
+
+def connection_targets(values):
+    """Issue 12's targets, checked in this run: the cost of a new connection against the peers,
+    and no regression elsewhere against the build before (when one is given)."""
+    def v(k, n):
+        return values.get((k, n))
+    lines = []
+
+    def check(ok, text):
+        lines.append(f"- {'n/a' if ok is None else 'MET' if ok else 'MISSED'}: {text}")
+
+    s, h, n = v("p0_c64_cpu_us", "sni-edge"), v("p0_c64_cpu_us", "haproxy"), v("p0_c64_cpu_us", "nginx")
+    check(None if None in (s, h, n) else s <= n and s <= 0.8 * h,
+          f"CPU per new connection ≤ nginx's and ≤ 0.8 of HAProxy's: {s:.0f} µs; nginx {n:.0f}, "
+          f"HAProxy {h:.0f} ({s / h:.2f})" if None not in (s, h, n) else "CPU per new connection")
+    s, h = v("p0_c64_rate", "sni-edge"), v("p0_c64_rate", "haproxy")
+    check(None if None in (s, h) else s >= h, f"new connections/s with 64 clients ≥ HAProxy's: {s:.0f} against "
+          f"{h:.0f}" if None not in (s, h) else "new connections/s with 64 clients")
+    s = v("p0_c1_ttfb50", "sni-edge")
+    peers = {p: v("p0_c1_ttfb50", p) for p in ("haproxy", "nginx", "sniproxy")}
+    check(None if s is None or None in peers.values() else s <= min(peers.values()),
+          f"added TTFB p50 ≤ the best peer's: {s:.0f} µs against {min(peers.values()):.0f}"
+          if s is not None and None not in peers.values() else "added TTFB p50")
+    if not BASELINE:
+        check(None, "no regression against the build before: no SNI_EDGE_BASELINE")
+        return lines
+    for k, what, higher_is_better in (("bulk1_mbps", "MB/s, 1 download", True),
+                                      (f"bulk{PARALLEL}_mbps", f"MB/s, {PARALLEL} downloads", True),
+                                      ("bulk1_cpu_gb", "CPU per GB, 1 download", False),
+                                      (f"bulk{PARALLEL}_cpu_gb", f"CPU per GB, {PARALLEL} downloads", False),
+                                      ("idle_rss", "memory per idle connection", False)):
+        s, b = v(k, "sni-edge"), v(k, "sni-edge-before")
+        if not (s and b):
+            check(None, what)
+            continue
+        ok = s / b >= 1 - REGRESSION if higher_is_better else s / b <= 1 + REGRESSION
+        check(ok, f"{what} within {REGRESSION * 100:.0f} % of the build before's or better: {s / b:.2f}×b")
+    return lines
+
+
 def errors(R):
     errs = [f"{name}: {why}" for name, why in SKIPPED.items()]
     for name in R:
@@ -1301,7 +1381,7 @@ Cells: median of {REPS} runs; {legend}
 Added TTFB = the target's TTFB minus the direct path's (base shown in the direct column).
 
 {tab}
-## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
+{paired(R)}{'' if TUNNEL else "## New connections: issue 12's targets" + chr(10) + chr(10) + chr(10).join(connection_targets(values)) + chr(10) + chr(10)}## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
 
 {chr(10).join(ver)}
 
