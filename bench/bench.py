@@ -1354,6 +1354,7 @@ def versions():
 def report(R, segs, started_at, finished_at, load_start, load_end, profile):
     tab, values = table(R)
     ver, errs = verdicts(values, R)
+    targets = [] if TUNNEL else connection_targets(values)
     date = started_at.strftime("%Y-%m-%d")
     mins = (finished_at - started_at).total_seconds() / 60
     if TUNNEL:
@@ -1377,11 +1378,11 @@ Produced by `sudo {'BENCH_SUITE=tunnel ' if TUNNEL else ''}bench/run.sh`; method
 {chr(10).join('- ' + v for v in versions())}
 - load average at start {' '.join(load_start)}, at end {' '.join(load_end)} (the machine may be shared)
 
-Cells: median of {REPS} runs; {legend}
+Cells: median of {REPS} runs; downloads of a {BIG_MIB} MiB file; {legend}
 Added TTFB = the target's TTFB minus the direct path's (base shown in the direct column).
 
 {tab}
-{paired(R)}{'' if TUNNEL else "## New connections: issue 12's targets" + chr(10) + chr(10) + chr(10).join(connection_targets(values)) + chr(10) + chr(10)}## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
+{paired(R)}{chr(10).join(["## New connections: issue 12's targets", ""] + targets + ["", ""]) if targets else ""}## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
 
 {chr(10).join(ver)}
 
@@ -1422,7 +1423,9 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
         mark = "tunnel-results" if TUNNEL else "results"
         new = re.sub(rf"(<!-- {mark}:begin -->\n).*?(<!-- {mark}:end -->)",
                      lambda m: m.group(1) + f"From bench/results/{name} ({', '.join(versions()[:1])}):\n\n"
-                     + tab + "\n" + "\n".join(ver) + "\n" + m.group(2), old, flags=re.S)
+                     + tab + "\n" + "\n".join((["Issue 12's targets (new connections):", ""] + targets
+                                                   + ["", "The lead's targets:", ""] if targets else []) + ver)
+                     + "\n" + m.group(2), old, flags=re.S)
         if new != old:
             write(readme, new)
 
