@@ -1140,22 +1140,22 @@ def table(R):
 
 
 def verdicts(values, R):
+    """The lead's targets, issue 12's (gateways suite; empty for the tunnel suite), and errors."""
     def v(k, n):
         return values.get((k.replace("{PAD}", str(PAD)), n))
 
-    lines = []
+    def checker(lines):
+        def check(ok, text):
+            lines.append(f"- {'n/a' if ok is None else 'MET' if ok else 'MISSED'}: {text}")
+        return check
 
-    def check(ok, text):
-        if ok is None:
-            lines.append(f"- n/a: {text}")
-        else:
-            lines.append(f"- {'MET' if ok else 'MISSED'}: {text}")
-
+    lines, targets = [], []
     if TUNNEL:
-        tunnel_verdicts(v, check, lambda text: lines.append(f"- {text}"))
+        tunnel_verdicts(v, checker(lines), lambda text: lines.append(f"- {text}"))
     else:
-        gateway_verdicts(v, R, check)
-    return lines, errors(R)
+        gateway_verdicts(v, R, checker(lines))
+        connection_targets(v, checker(targets))
+    return lines, targets, errors(R)
 
 
 def tunnel_verdicts(v, check, note):
@@ -1254,16 +1254,9 @@ def paired(R):
 REGRESSION = 0.10
 
 
-def connection_targets(values):
+def connection_targets(v, check):
     """Issue 12's targets, checked in this run: the cost of a new connection against the peers,
     and no regression elsewhere against the build before (when one is given)."""
-    def v(k, n):
-        return values.get((k, n))
-    lines = []
-
-    def check(ok, text):
-        lines.append(f"- {'n/a' if ok is None else 'MET' if ok else 'MISSED'}: {text}")
-
     s, h, n = v("p0_c64_cpu_us", "sni-edge"), v("p0_c64_cpu_us", "haproxy"), v("p0_c64_cpu_us", "nginx")
     check(None if None in (s, h, n) else s <= n and s <= 0.8 * h,
           f"CPU per new connection ≤ nginx's and ≤ 0.8 of HAProxy's: {s:.0f} µs; nginx {n:.0f}, "
@@ -1272,13 +1265,13 @@ def connection_targets(values):
     check(None if None in (s, h) else s >= h, f"new connections/s with 64 clients ≥ HAProxy's: {s:.0f} against "
           f"{h:.0f}" if None not in (s, h) else "new connections/s with 64 clients")
     s = v("p0_c1_ttfb50", "sni-edge")
-    peers = {p: v("p0_c1_ttfb50", p) for p in ("haproxy", "nginx", "sniproxy")}
-    check(None if s is None or None in peers.values() else s <= min(peers.values()),
-          f"added TTFB p50 ≤ the best peer's: {s:.0f} µs against {min(peers.values()):.0f}"
-          if s is not None and None not in peers.values() else "added TTFB p50")
+    peers = [v("p0_c1_ttfb50", p) for p in ("haproxy", "nginx", "sniproxy")]
+    best = None if None in peers else min(peers)
+    check(None if None in (s, best) else s <= best, f"added TTFB p50 ≤ the best peer's: {s:.0f} µs against "
+          f"{best:.0f}" if None not in (s, best) else "added TTFB p50")
     if not BASELINE:
         check(None, "no regression against the build before: no SNI_EDGE_BASELINE")
-        return lines
+        return
     for k, what, higher_is_better in (("bulk1_mbps", "MB/s, 1 download", True),
                                       (f"bulk{PARALLEL}_mbps", f"MB/s, {PARALLEL} downloads", True),
                                       ("bulk1_cpu_gb", "CPU per GB, 1 download", False),
@@ -1290,7 +1283,6 @@ def connection_targets(values):
             continue
         ok = s / b >= 1 - REGRESSION if higher_is_better else s / b <= 1 + REGRESSION
         check(ok, f"{what} within {REGRESSION * 100:.0f} % of the build before's or better: {s / b:.2f}×b")
-    return lines
 
 
 def errors(R):
@@ -1353,8 +1345,7 @@ def versions():
 
 def report(R, segs, started_at, finished_at, load_start, load_end, profile):
     tab, values = table(R)
-    ver, errs = verdicts(values, R)
-    targets = [] if TUNNEL else connection_targets(values)
+    ver, targets, errs = verdicts(values, R)
     date = started_at.strftime("%Y-%m-%d")
     mins = (finished_at - started_at).total_seconds() / 60
     if TUNNEL:
@@ -1378,7 +1369,7 @@ Produced by `sudo {'BENCH_SUITE=tunnel ' if TUNNEL else ''}bench/run.sh`; method
 {chr(10).join('- ' + v for v in versions())}
 - load average at start {' '.join(load_start)}, at end {' '.join(load_end)} (the machine may be shared)
 
-Cells: median of {REPS} runs; downloads of a {BIG_MIB} MiB file; {legend}
+Cells: median of {REPS} runs; {'' if ONLY == 'conn' else f'downloads of a {BIG_MIB} MiB file; '}{legend}
 Added TTFB = the target's TTFB minus the direct path's (base shown in the direct column).
 
 {tab}
