@@ -23,7 +23,8 @@
 # BENCH_PROFILE=1 (tunnel suite: perf profiles of the tunnel's gateway and agent), BENCH_FAR_CPU=0
 # (backend and home on CPU 0 beside the load, gateways alone on CPU 1), BENCH_HOLD=SECONDS (keep
 # everything up that long before measuring, to look around by hand), BENCH_REPS (rounds per figure,
-# default 3). bench/README.md has more.
+# default 3), BENCH_BULK_MIB (size of the downloaded file in MiB, default 1024). bench/README.md has
+# more.
 #
 # Topology (network namespaces, veth, RFC 5737 addresses):
 #   client 198.51.100.10 --- 198.51.100.1 gateway 192.0.2.1 --- 192.0.2.20 backend
