@@ -610,8 +610,13 @@ async fn a_full_pending_pool_closes_the_oldest_of_the_biggest_holder() {
         config.to_string()
     })
     .await;
-    // 127.0.0.1 fills both listeners' pools.
-    let idle = hold(50, gw.tls, b"").await;
+    // 127.0.0.1 fills both listeners' pools. The first is admitted before
+    // the others connect: each CPU has an engine thread, and two of them
+    // can admit connections accepted microseconds apart in either order, so
+    // the gateway's oldest is idle[0] only once the others come after it.
+    let mut idle = hold(1, gw.tls, b"").await;
+    admitted(metrics, 1).await;
+    idle.extend(hold(49, gw.tls, b"").await);
     let idle_http = hold(50, gw.http, b"").await;
     admitted(metrics, 100).await;
     // A newcomer is not refused: 127.0.0.1's oldest pending connection on
