@@ -1216,6 +1216,12 @@ def gateway_verdicts(v, R, check):
               f"≤ {SETUP_BOUND:.0f}: {setup:.2f}")
 
 
+def higher_is_better(key):
+    """Whether a bigger value of a figure is better: rates and throughput ("abs" rows); CPU,
+    switches, memory and latency are better smaller."""
+    return next(kind for k, _, _, kind in ROWS if k.replace("{PAD}", str(PAD)) == key) == "abs"
+
+
 def paired(R):
     """sni-edge against sni-edge-before round by round: both run in every round, next to each
     other, so a round's ratio leaves out what the machine did to the whole round. The median of
@@ -1237,8 +1243,7 @@ def paired(R):
             if min(a + b) <= 0:  # noise made an added figure negative: no ratio, as in the table
                 continue
         ratios = [y / z for y, z in zip(a, b)]
-        higher_is_better = kind == "abs"
-        better = sum((r > 1) if higher_is_better else (r < 1) for r in ratios)
+        better = sum((r > 1) if higher_is_better(key) else (r < 1) for r in ratios)
         rows.append(f"| {label} | {statistics.median(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} "
                     f"| {better} of {len(ratios)} |")
     if not rows:
@@ -1252,6 +1257,7 @@ def paired(R):
 # How far sni-edge may fall behind sni-edge-before before a figure counts as a regression: about
 # the resolution of a median of 5 rounds here (the rounds' standard error, 6-11 % for downloads).
 REGRESSION = 0.10
+TARGETS_12 = "Issue 12's targets (new connections)"
 
 
 def connection_targets(v, check):
@@ -1272,16 +1278,15 @@ def connection_targets(v, check):
     if not BASELINE:
         check(None, "no regression against the build before: no SNI_EDGE_BASELINE")
         return
-    for k, what, higher_is_better in (("bulk1_mbps", "MB/s, 1 download", True),
-                                      (f"bulk{PARALLEL}_mbps", f"MB/s, {PARALLEL} downloads", True),
-                                      ("bulk1_cpu_gb", "CPU per GB, 1 download", False),
-                                      (f"bulk{PARALLEL}_cpu_gb", f"CPU per GB, {PARALLEL} downloads", False),
-                                      ("idle_rss", "memory per idle connection", False)):
+    for k, what in (("bulk1_mbps", "MB/s, 1 download"), (f"bulk{PARALLEL}_mbps", f"MB/s, {PARALLEL} downloads"),
+                    ("bulk1_cpu_gb", "CPU per GB, 1 download"),
+                    (f"bulk{PARALLEL}_cpu_gb", f"CPU per GB, {PARALLEL} downloads"),
+                    ("idle_rss", "memory per idle connection")):
         s, b = v(k, "sni-edge"), v(k, "sni-edge-before")
         if not (s and b):
             check(None, what)
             continue
-        ok = s / b >= 1 - REGRESSION if higher_is_better else s / b <= 1 + REGRESSION
+        ok = s / b >= 1 - REGRESSION if higher_is_better(k) else s / b <= 1 + REGRESSION
         check(ok, f"{what} within {REGRESSION * 100:.0f} % of the build before's or better: {s / b:.2f}×b")
 
 
@@ -1373,7 +1378,7 @@ Cells: median of {REPS} runs; {'' if ONLY == 'conn' else f'downloads of a {BIG_M
 Added TTFB = the target's TTFB minus the direct path's (base shown in the direct column).
 
 {tab}
-{paired(R)}{chr(10).join(["## New connections: issue 12's targets", ""] + targets + ["", ""]) if targets else ""}## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
+{paired(R)}{chr(10).join(["## " + TARGETS_12, ""] + targets + ["", ""]) if targets else ""}## The {'issue' if TUNNEL else 'lead'}'s targets (sni-edge{' tunnel mode' if TUNNEL else ''}, same run)
 
 {chr(10).join(ver)}
 
@@ -1414,7 +1419,7 @@ Added TTFB = the target's TTFB minus the direct path's (base shown in the direct
         mark = "tunnel-results" if TUNNEL else "results"
         new = re.sub(rf"(<!-- {mark}:begin -->\n).*?(<!-- {mark}:end -->)",
                      lambda m: m.group(1) + f"From bench/results/{name} ({', '.join(versions()[:1])}):\n\n"
-                     + tab + "\n" + "\n".join((["Issue 12's targets (new connections):", ""] + targets
+                     + tab + "\n" + "\n".join(([TARGETS_12 + ":", ""] + targets
                                                    + ["", "The lead's targets:", ""] if targets else []) + ver)
                      + "\n" + m.group(2), old, flags=re.S)
         if new != old:
