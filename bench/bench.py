@@ -1263,6 +1263,11 @@ TARGETS_12 = "Issue 12's targets (new connections)"
 def connection_targets(v, check):
     """Issue 12's targets, checked in this run: the cost of a new connection against the peers,
     and no regression elsewhere against the build before (when one is given)."""
+    if FAR_CPU != 1:
+        # The issue states them for the default layout, where the gateway shares CPU 1 with the
+        # backend; with the gateway alone on its CPU the same figures answer another question.
+        check(None, f"every target: stated for the default layout, and this run had the far side on CPU {FAR_CPU}")
+        return
     s, h, n = v("p0_c64_cpu_us", "sni-edge"), v("p0_c64_cpu_us", "haproxy"), v("p0_c64_cpu_us", "nginx")
     check(None if None in (s, h, n) else s <= n and s <= 0.8 * h,
           f"CPU per new connection ≤ nginx's and ≤ 0.8 of HAProxy's: {s:.0f} µs; nginx {n:.0f}, "
