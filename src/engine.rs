@@ -25,6 +25,7 @@ use crate::limits::{Evict, PendingPool};
 use crate::names::Requested;
 use crate::outcome::{Limit, Refusal};
 use crate::relay::{Pipe, RelayEnd, BURSTS_PER_POLL, CHUNK, SMALL};
+use crate::scheduling::Scheduling;
 use crate::server::{Admission, Ended, Shared};
 use crate::{hello, inbound, proxy_header, server, tls};
 use mio::net::{TcpListener, TcpStream};
@@ -73,6 +74,8 @@ impl Engines {
                 backoff: Duration::from_millis(5),
                 buf: vec![0; SMALL].into_boxed_slice(),
                 generations: 0,
+                // Read here: a thread starts on the policy of the one that spawns it.
+                scheduling: Scheduling::new(Instant::now()),
             };
             let thread = std::thread::Builder::new().name(format!("engine-{n}")).spawn(move || engine.run())?;
             engines.inboxes.push(inbox);
@@ -244,6 +247,7 @@ struct Engine {
     buf: Box<[u8]>,
     /// The last connection's generation (see `Key`).
     generations: u64,
+    scheduling: Scheduling,
 }
 
 /// Readiness seen and not yet used up (epoll is edge-triggered). An end
@@ -435,6 +439,9 @@ impl Engine {
             for key in std::mem::take(&mut self.again) {
                 self.drive(key);
             }
+            if let Err(error) = self.scheduling.turn(self.now, self.conns.len() - self.free.len()) {
+                tracing::warn!(%error, "connection engine stays on its scheduling policy");
+            }
             if self.paused_until.is_some_and(|until| until <= self.now) {
                 self.paused_until = None;
                 for listener in self.listeners.iter().flatten() {
@@ -522,6 +529,7 @@ impl Engine {
         match listener.socket.accept() {
             Ok((stream, peer)) => {
                 self.backoff = Duration::from_millis(5);
+                self.scheduling.accepted();
                 let (address, pool) = (listener.address, listener.pool.clone());
                 self.start(stream, peer, address, &pool);
             }

@@ -46,6 +46,7 @@ pub mod names;
 pub mod outcome;
 pub mod proxy_header;
 pub mod relay;
+mod scheduling;
 pub mod server;
 pub mod systemd;
 pub mod tls;
