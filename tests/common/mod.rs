@@ -234,11 +234,13 @@ impl RealGateway {
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
         let fd = socket.as_raw_fd();
-        // SAFETY: dup2 and setrlimit are async-signal-safe, the only calls
+        // SAFETY: dup2, fcntl and setrlimit are async-signal-safe, the only calls
         // made between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
+                // dup2 onto itself would keep the socket's close-on-exec flag.
+                let moved = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+                if moved < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some((soft, hard)) = open_files {
