@@ -11,8 +11,11 @@
 //! (bench/results/ISSUE-12-NOTES.md), for a wait of up to that slice per
 //! event, which is small beside the queueing of a burst. One client at a time
 //! would wait on every record for no gain, so the engine is batch only while
-//! many connections are open and arriving; with a CPU of its own either policy
-//! runs the same.
+//! many connections are open and arriving; on a CPU of its own it has nothing
+//! to preempt, and the two policies run alike. The burst is judged at the
+//! first turn of the loop after each window, so a thread that went idle
+//! during one comes back to normal at its next event. Either change keeps the
+//! thread's nice value.
 //!
 //! A thread that starts on another policy (systemd's `CPUSchedulingPolicy=`,
 //! `chrt`) keeps it: the operator chose.
@@ -29,7 +32,7 @@ const BURST_OPEN: usize = 32;
 /// Error of the policy change that ended adaptation (seccomp, an old kernel).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot change the connection engine's scheduling policy: {0}")]
-pub(crate) struct PolicyError(#[from] std::io::Error);
+pub(crate) struct PolicyError(std::io::Error);
 
 pub(crate) struct Scheduling {
     /// False when the thread started on a policy other than normal, or a
