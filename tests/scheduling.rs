@@ -59,14 +59,17 @@ fn pending(to: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
-/// Opens a connection every 10 ms (fewer than a burst: the engine judges at
-/// its turns, and these make them) until `done` holds, for up to `patience()`.
-fn poke_until(to: std::net::SocketAddr, what: &str, mut done: impl FnMut() -> bool) {
+/// Waits, for up to `patience()`, until `done` holds. With `poke`, opens a
+/// connection there every 10 ms meanwhile (fewer than a burst): the engine
+/// judges at its turns, and these make them.
+fn until(what: &str, poke: Option<std::net::SocketAddr>, mut done: impl FnMut() -> bool) {
     let give_up = Instant::now() + patience();
     while !done() {
         assert!(Instant::now() < give_up, "{what}: not within {:?}", patience());
-        drop(pending(to));
-        std::thread::sleep(Duration::from_millis(10));
+        if let Some(to) = poke {
+            drop(pending(to));
+        }
+        std::thread::sleep(Duration::from_millis(if poke.is_some() { 10 } else { 5 }));
     }
 }
 
@@ -77,11 +80,7 @@ fn a_burst_of_new_connections_makes_the_engine_batch_until_it_ends() {
     let pid = gw.child.id();
     // The test made the listening socket, so connects succeed before the
     // binary runs (under qemu, a while before): wait for its engine thread.
-    let give_up = Instant::now() + patience();
-    while engine_policies(pid).is_empty() {
-        assert!(Instant::now() < give_up, "no engine thread in /proc/{pid}/task within {:?}", patience());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until("an engine thread in /proc", None, || !engine_policies(pid).is_empty());
     // Connections one at a time, over more than a window: no burst.
     for _ in 0..30 {
         drop(pending(gw.address));
@@ -105,15 +104,13 @@ fn a_burst_of_new_connections_makes_the_engine_batch_until_it_ends() {
         stream.write_all(&[0x01]).unwrap();
         seen |= batch(pid);
     }
-    let give_up = Instant::now() + patience();
-    while !seen {
-        assert!(Instant::now() < give_up, "the engine thread is not batch during the burst");
-        std::thread::sleep(Duration::from_millis(5));
-        seen = batch(pid);
-    }
+    until("the engine thread batch during the burst", None, || {
+        seen |= batch(pid);
+        seen
+    });
 
     drop(burst);
-    poke_until(gw.address, "every engine thread normal after the burst", || {
+    until("every engine thread normal after the burst", Some(gw.address), || {
         engine_policies(pid).iter().all(|&p| p == libc::SCHED_OTHER as u32)
     });
 }
