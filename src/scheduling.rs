@@ -77,11 +77,6 @@ impl Scheduling {
         self.batch = burst;
         Ok(())
     }
-
-    #[cfg(test)]
-    fn batch(&self) -> bool {
-        self.batch
-    }
 }
 
 fn is_burst(accepted: u32, open: usize) -> bool {
@@ -111,7 +106,7 @@ mod tests {
             scheduling.turn(start + WINDOW / 2, BURST_OPEN).unwrap();
             assert_eq!(policy(), libc::SCHED_OTHER);
             scheduling.turn(start + WINDOW, BURST_OPEN).unwrap();
-            assert!(scheduling.batch());
+            assert!(scheduling.batch);
             assert_eq!(policy(), libc::SCHED_BATCH);
             // The next window accepts nothing: back to normal.
             scheduling.turn(start + 2 * WINDOW, BURST_OPEN).unwrap();

@@ -110,7 +110,8 @@ fn a_burst_of_new_connections_makes_the_engine_batch_until_it_ends() {
     });
 
     drop(burst);
-    until("every engine thread normal after the burst", Some(gw.address), || {
-        engine_policies(pid).iter().all(|&p| p == libc::SCHED_OTHER as u32)
+    // Equal, not "all": an empty list (no engine thread) must not pass.
+    until("the engine thread normal after the burst", Some(gw.address), || {
+        engine_policies(pid) == [libc::SCHED_OTHER as u32]
     });
 }
